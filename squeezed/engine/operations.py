@@ -1,0 +1,238 @@
+"""Squeezing operations: the loop that drives a host towards a goal.
+
+The host comes in through `HostIO`, five calls: a snapshot, writing a
+balloon target, writing maxmem, the clock and waiting. Production passes the
+Xen backend with the wall clock; tests and the simulator pass a simulated
+host with a virtual clock, so every decision is deterministic.
+
+Beyond upstream, which sleeps 1 s per iteration, the loop polls adaptively:
+`min_poll_s` while memory is moving or targets were just written, backing
+off to `max_poll_s` when nothing moves, and never sleeping past the moment a
+driver would be declared stuck. Freeing memory therefore completes within a
+poll interval of the drivers' own speed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from squeezed.engine.model import Domain, Host
+from squeezed.engine.policy import max_free_kib, proportional_targets
+from squeezed.engine.squeezer import DEFAULT_STUCK_AFTER_S, Squeezer, StucknessMonitor, Verdict
+from squeezed.errors import (
+    CannotFreeThisMuchMemory,
+    DomainsRefusedToCooperate,
+    InvalidMemoryValue,
+    MemoryError_,
+)
+
+log = logging.getLogger("squeezed.engine")
+
+# 64 MiB low-memory emergency pool (Xen's low_mem_virq_limit) + 8 MiB slack.
+DEFAULT_RESERVE_KIB = 64 * 1024 + 8 * 1024
+DEFAULT_TOLERANCE_KIB = 512
+DEFAULT_UNCOOPERATIVE_AFTER_S = 20.0
+
+
+class HostIO(Protocol):
+    """Everything the engine needs from the outside world."""
+
+    def snapshot(self) -> Host: ...
+
+    def set_target(self, domid: int, target_kib: int) -> None: ...
+
+    def set_maxmem(self, domid: int, maxmem_kib: int) -> None: ...
+
+    def now(self) -> float: ...
+
+    def wait(self, seconds: float) -> None:
+        """Let time pass; may raise OperationAbandoned to stop the operation."""
+        ...
+
+
+class OperationAbandoned(Exception):
+    """Raised by HostIO.wait when the daemon is shutting down."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    reserve_kib: int = DEFAULT_RESERVE_KIB  # host free memory always kept back
+    tolerance_kib: int = DEFAULT_TOLERANCE_KIB  # balance is happy within this
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S
+    uncooperative_after_s: float = DEFAULT_UNCOOPERATIVE_AFTER_S
+    min_poll_s: float = 0.02
+    max_poll_s: float = 1.0
+    two_phase: bool = True
+
+
+@dataclass
+class OpStats:
+    iterations: int = 0
+    elapsed_s: float = 0.0
+    targets_written: int = 0
+    maxmem_written: int = 0
+
+
+def _clamp(lo: int, hi: int, v: int) -> int:
+    return max(lo, min(hi, v))
+
+
+def _write(io: HostIO, d: Domain, target_kib: int, maxmem_kib: int, stats: OpStats) -> None:
+    """Move target and maxmem so that maxmem >= target holds at every instant:
+    raise maxmem before raising the target, lower the target before maxmem."""
+    if target_kib > d.target_kib:
+        if maxmem_kib != d.memory_max_kib:
+            io.set_maxmem(d.domid, maxmem_kib)
+            stats.maxmem_written += 1
+        io.set_target(d.domid, target_kib)
+        stats.targets_written += 1
+    else:
+        if target_kib != d.target_kib:
+            io.set_target(d.domid, target_kib)
+            stats.targets_written += 1
+        if maxmem_kib != d.memory_max_kib:
+            io.set_maxmem(d.domid, maxmem_kib)
+            stats.maxmem_written += 1
+
+
+def change_host_free_memory(
+    io: HostIO,
+    cfg: EngineConfig,
+    aim_kib: int,
+    success: Callable[[int], bool],
+    need_kib: int | None,
+) -> OpStats:
+    """Loop until every active domain hit its target and no target changes.
+
+    `aim_kib` is the host free memory the policy aims at, `success` the final
+    condition on host free memory, `need_kib` (if any) the least free memory
+    that satisfies it: used for the fast path and to fail fast when even
+    every balloonable domain at dynamic_min could not provide it.
+    """
+    stats = OpStats()
+    start_s = io.now()
+    host = io.snapshot()
+    balloonable = [d for d in host.domains if d.can_balloon]
+    if need_kib is not None:
+        if host.free_mem_kib >= need_kib and all(d.hit_target for d in balloonable):
+            return stats  # fast path: enough is free and nothing is moving
+        if max_free_kib(host.free_mem_kib, balloonable) < need_kib:
+            log.info(
+                "cannot free %d KiB: %d KiB free, at most %d KiB with every domain at dynamic_min",
+                need_kib, host.free_mem_kib, max_free_kib(host.free_mem_kib, balloonable),
+            )
+            raise CannotFreeThisMuchMemory(aim_kib, host.free_mem_kib)
+
+    sq = Squeezer(StucknessMonitor(cfg.stuck_after_s), two_phase=cfg.two_phase)
+    delay_s = cfg.min_poll_s
+    previous: dict[int, int] = {}
+    while True:
+        now_s = io.now()
+        host = io.snapshot() if stats.iterations else host
+        stats.iterations += 1
+        dec = sq.step(host, aim_kib, success, now_s)
+        by_id = {d.domid: d for d in host.domains}
+        new_targets = {a.domid: a.new_target_kib for a in dec.actions}
+        for d in dec.declared_inactive:
+            if not d.can_balloon:
+                continue
+            # A stuck driver may wake up later: cap it where it is now (within
+            # its range) so it cannot take memory that went to someone else.
+            m = _clamp(d.dynamic_min_kib, d.dynamic_max_kib, min(d.target_kib, d.memory_actual_kib))
+            log.info("domain %d declared inactive (stuck balloon driver); maxmem %d KiB",
+                     d.domid, m)
+            _write(io, d, min(d.target_kib, m), m, stats)
+        for domid in dec.active:
+            d = by_id[domid]
+            t = new_targets.get(domid, d.target_kib)
+            if t != d.target_kib or d.memory_max_kib != t:
+                _write(io, d, t, t, stats)
+        if dec.actions or dec.declared_inactive:
+            log.info(
+                "%s; %s", host.detail or f"F{host.free_mem_kib}",
+                "; ".join(
+                    d.short() + ("" if d.domid not in new_targets else
+                                 ("^" if new_targets[d.domid] > d.target_kib else "v"))
+                    for d in host.domains
+                ),
+            )
+        if dec.verdict is Verdict.SUCCESS:
+            break
+        if dec.verdict is Verdict.FAILED:
+            stats.elapsed_s = io.now() - start_s
+            if not dec.blamed or dec.blamed == (0,):
+                raise CannotFreeThisMuchMemory(aim_kib, host.free_mem_kib)
+            raise DomainsRefusedToCooperate(list(dec.blamed))
+        moved = any(previous.get(d.domid) != d.memory_actual_kib for d in host.domains)
+        previous = {d.domid: d.memory_actual_kib for d in host.domains}
+        delay_s = cfg.min_poll_s if (dec.actions or moved) else min(delay_s * 2, cfg.max_poll_s)
+        deadline_s = sq.stuckness.next_deadline_s(host)
+        if deadline_s is not None:
+            delay_s = min(delay_s, max(0.0, deadline_s - now_s) + cfg.min_poll_s)
+        io.wait(delay_s)
+    stats.elapsed_s = io.now() - start_s
+    return stats
+
+
+def free_memory(io: HostIO, cfg: EngineConfig, kib: int) -> OpStats:
+    """Make host free memory at least `kib` (the kept reserve not added)."""
+    if kib < 0:
+        raise InvalidMemoryValue(kib)
+    return change_host_free_memory(io, cfg, kib, lambda free: free >= kib, need_kib=kib)
+
+
+def reserve(io: HostIO, cfg: EngineConfig, kib: int) -> OpStats:
+    """Free `kib` on top of the kept reserve, for a new domain."""
+    if kib < 0:
+        raise InvalidMemoryValue(kib)
+    return free_memory(io, cfg, kib + cfg.reserve_kib)
+
+
+def ideal_new_domain_kib(host: Host, cfg: EngineConfig, min_kib: int, max_kib: int) -> int:
+    """What the policy would give a new domain with range [min, max]."""
+    newcomer = Domain(-1, True, min_kib, min_kib, max_kib, 0, 0)
+    domains = [d for d in host.domains if d.can_balloon] + [newcomer]
+    return proportional_targets(host.free_mem_kib, domains, cfg.reserve_kib)[-1]
+
+
+def free_memory_range(
+    io: HostIO, cfg: EngineConfig, min_kib: int, max_kib: int
+) -> tuple[int, OpStats]:
+    """Free between min and max (plus the kept reserve); returns the amount
+    the caller may use: max(min, min(usable, max))."""
+    if min_kib < 0:
+        raise InvalidMemoryValue(min_kib)
+    if max_kib < min_kib:
+        raise InvalidMemoryValue(max_kib)
+    ideal_kib = ideal_new_domain_kib(io.snapshot(), cfg, min_kib, max_kib)
+    need_kib = min_kib + cfg.reserve_kib
+    stats = change_host_free_memory(
+        io, cfg, ideal_kib + cfg.reserve_kib, lambda free: free >= need_kib, need_kib=need_kib
+    )
+    usable_kib = io.snapshot().free_mem_kib - cfg.reserve_kib
+    return max(min_kib, min(usable_kib, max_kib)), stats
+
+
+def _is_balanced(cfg: EngineConfig) -> Callable[[int], bool]:
+    return lambda free: free - cfg.reserve_kib < cfg.tolerance_kib
+
+
+def balance(io: HostIO, cfg: EngineConfig) -> OpStats | None:
+    """Hand out everything above the kept reserve; never raises on failure."""
+    try:
+        return change_host_free_memory(io, cfg, cfg.reserve_kib, _is_balanced(cfg), need_kib=None)
+    except MemoryError_ as e:
+        log.info("balance: %s", e)
+        return None
+
+
+def is_unbalanced(io: HostIO, cfg: EngineConfig) -> bool:
+    """Cheap check for the periodic balancer: would one step change a target?"""
+    host = io.snapshot()
+    dec = Squeezer(StucknessMonitor(cfg.stuck_after_s), two_phase=cfg.two_phase).step(
+        host, cfg.reserve_kib, _is_balanced(cfg), io.now()
+    )
+    return dec.verdict is Verdict.ADJUST and bool(dec.actions)

@@ -1,0 +1,149 @@
+"""One decision step of a squeezing operation, and the state it keeps
+between steps (which drivers are stuck).
+
+The step is a pure function of (state, snapshot, time): it returns the new
+targets to write, or that the operation succeeded or failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from squeezed.engine.model import Action, Domain, Host
+from squeezed.engine.policy import max_free_kib, proportional_targets
+
+DEFAULT_STUCK_AFTER_S = 5.0
+
+
+@dataclass(slots=True)
+class _Progress:
+    last_actual_kib: int
+    last_progress_s: float
+    stuck: bool = False
+
+
+@dataclass
+class StucknessMonitor:
+    """Spots balloon drivers that were asked to move and did not.
+
+    A domain with outstanding work (actual not within inaccuracy of target)
+    that has not moved towards its target for more than `stuck_after_s` is
+    stuck until it makes progress again.
+    """
+
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S
+    _per_domain: dict[int, _Progress] = field(default_factory=dict)
+
+    def update(self, host: Host, now_s: float) -> None:
+        live = set()
+        for d in host.domains:
+            live.add(d.domid)
+            p = self._per_domain.get(d.domid)
+            if p is None:  # new domains start out making progress
+                p = self._per_domain[d.domid] = _Progress(d.memory_actual_kib, now_s)
+            delta_kib = d.memory_actual_kib - p.last_actual_kib
+            p.last_actual_kib = d.memory_actual_kib
+            if d.hit_target:
+                continue
+            must_free = d.memory_actual_kib > d.target_kib
+            if (delta_kib < 0 and must_free) or (delta_kib > 0 and not must_free):
+                p.last_progress_s = now_s
+                p.stuck = False
+            elif now_s - p.last_progress_s > self.stuck_after_s:
+                p.stuck = True
+        for domid in [k for k in self._per_domain if k not in live]:
+            del self._per_domain[domid]
+
+    def is_active(self, domid: int) -> bool:
+        p = self._per_domain.get(domid)
+        return p is not None and not p.stuck
+
+    def next_deadline_s(self, host: Host) -> float | None:
+        """The earliest time a domain with work to do would be declared stuck."""
+        times = [
+            p.last_progress_s + self.stuck_after_s
+            for d in host.domains
+            if (p := self._per_domain.get(d.domid)) is not None and not p.stuck and not d.hit_target
+        ]
+        return min(times) if times else None
+
+
+class Verdict(Enum):
+    ADJUST = "adjust"  # write `actions` (possibly none) and look again
+    SUCCESS = "success"
+    FAILED = "failed"  # `blamed` names the stuck balloonable domains
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    actions: tuple[Action, ...] = ()
+    blamed: tuple[int, ...] = ()
+    declared_inactive: tuple[Domain, ...] = ()
+    declared_active: tuple[int, ...] = ()
+    active: frozenset[int] = frozenset()
+    max_free_kib: int = 0  # host free if every active domain went to dynamic_min
+    allocating: bool = False
+
+
+@dataclass
+class Squeezer:
+    """State kept across the steps of one operation."""
+
+    stuckness: StucknessMonitor = field(default_factory=StucknessMonitor)
+    inactive: frozenset[int] = frozenset()
+    two_phase: bool = True  # tests may turn it off to show why it exists
+
+    def step(
+        self,
+        host: Host,
+        host_target_kib: int,
+        success: Callable[[int], bool],
+        now_s: float,
+    ) -> Decision:
+        self.stuckness.update(host, now_s)
+        active = [d for d in host.domains if d.can_balloon and self.stuckness.is_active(d.domid)]
+        active_ids = frozenset(d.domid for d in active)
+        inactive_ids = frozenset(d.domid for d in host.domains) - active_ids
+        newly_inactive = inactive_ids - self.inactive
+        declared_inactive = tuple(d for d in host.domains if d.domid in newly_inactive)
+        declared_active = tuple(sorted(self.inactive & active_ids))
+        self.inactive = inactive_ids
+
+        targets = proportional_targets(host.free_mem_kib, active, host_target_kib)
+        freeing: list[Action] = []
+        allocating: list[Action] = []
+        for d in active:
+            t = targets[d.domid]
+            a = Action(d.domid, t)
+            # Freeing = the driver will have to give memory back to reach t.
+            if t < d.memory_actual_kib - d.inaccuracy_kib:
+                freeing.append(a)
+            else:
+                allocating.append(a)
+        # Two phases: never ask anyone to allocate while someone still has to
+        # free, or an allocation could race a free and eat the kept reserve.
+        allocation_phase = not freeing
+        chosen = (freeing + allocating) if not self.two_phase else (
+            allocating if allocation_phase else freeing
+        )
+        by_id = {d.domid: d for d in active}
+        changes = tuple(a for a in chosen if by_id[a.domid].target_kib != a.new_target_kib)
+        all_reached = all(d.hit_target for d in active)
+        common = dict(
+            declared_inactive=declared_inactive,
+            declared_active=declared_active,
+            active=active_ids,
+            max_free_kib=max_free_kib(host.free_mem_kib, active),
+            allocating=allocation_phase,
+        )
+        if changes or not all_reached:
+            return Decision(Verdict.ADJUST, actions=changes, **common)
+        if success(host.free_mem_kib):
+            return Decision(Verdict.SUCCESS, **common)
+        blamed = tuple(
+            d.domid for d in host.domains if d.domid in inactive_ids and d.can_balloon
+        )
+        return Decision(Verdict.FAILED, blamed=blamed, **common)
