@@ -1,0 +1,358 @@
+"""The Memory service: sessions, the reservation table and the big lock.
+
+One squeezing operation runs at a time (`_op_lock`); queries, diagnostics and
+table look-ups never wait behind it. The reservation table itself lives in
+the backend (xenstore on a real host), so a restarted daemon finds it whole.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from squeezed import __version__
+from squeezed.backend import Backend, Reservation
+from squeezed.engine import operations as ops
+from squeezed.engine.operations import EngineConfig
+from squeezed.errors import (
+    CannotFreeThisMuchMemory,
+    InternalError,
+    InvalidMemoryValue,
+    MemoryError_,
+    NoReservation,
+    UnknownReservation,
+)
+
+log = logging.getLogger("squeezed.service")
+
+DEFAULT_SESSION = "default"  # the session of the sessionless Memory.* dialect
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Dom0Policy:
+    manage: bool = False
+    dynamic_min_bytes: int = 1 << 30
+    dynamic_max_bytes: int | None = None  # None: its current allocation ("auto")
+
+
+class InitialFreeMemory:
+    """get_host_initial_free_memory's value: measured once at start-up when
+    host free memory is stable, persisted, and awaited by callers."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._known = threading.Event()
+        self._bytes: int | None = None
+
+    def load_persisted(self) -> bool:
+        try:
+            with open(self.path) as f:
+                self.set(int(f.read().strip()), persist=False)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def set(self, value_bytes: int, persist: bool = True) -> None:
+        if persist:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(value_bytes))
+            os.replace(tmp, self.path)
+        self._bytes = value_bytes
+        self._known.set()
+
+    def get(self, timeout_s: float | None = None) -> int:
+        if not self._known.wait(timeout_s):
+            raise InternalError("host initial free memory not yet measured")
+        assert self._bytes is not None
+        return self._bytes
+
+    @property
+    def known(self) -> bool:
+        return self._known.is_set()
+
+
+def measure_stable(
+    sample_bytes: Callable[[], int],
+    count: int,
+    interval_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    tolerance_bytes: int = 1 << 20,
+) -> int:
+    """Sample until `count` consecutive samples agree within 1 MiB."""
+    last: int | None = None
+    same = 0
+    while True:
+        v = sample_bytes()
+        same = same + 1 if last is not None and abs(v - last) <= tolerance_bytes else 1
+        last = v
+        if same >= count:
+            return v
+        sleep(interval_s)
+
+
+@dataclass
+class _OpRecord:
+    at: float
+    op: str
+    dbg: str
+    args: str
+    outcome: str = "running"
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class MemoryService:
+    backend: Backend
+    cfg: EngineConfig = field(default_factory=EngineConfig)
+    dom0: Dom0Policy = field(default_factory=Dom0Policy)
+    initial_free: InitialFreeMemory | None = None
+    dom0_total_bytes: Callable[[], int] | None = None
+    instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def __post_init__(self) -> None:
+        self._op_lock = threading.Lock()  # one squeezing operation at a time
+        self._table_lock = threading.Lock()  # short: reservation table updates
+        self._history: collections.deque[_OpRecord] = collections.deque(maxlen=32)
+        self._history_lock = threading.Lock()
+        self.on_set_log_level: Callable[[str], None] | None = None
+
+    # -- helpers -----------------------------------------------------------
+
+    def _record(self, op: str, dbg: str, **args: Any) -> _OpRecord:
+        rec = _OpRecord(time.time(), op, dbg, " ".join(f"{k}={v}" for k, v in args.items()))
+        with self._history_lock:
+            self._history.append(rec)
+        return rec
+
+    def _squeeze(self, op: str, dbg: str, fn: Callable[[], Any], **args: Any) -> Any:
+        rec = self._record(op, dbg, **args)
+        t0 = time.monotonic()
+        try:
+            with self._op_lock:
+                result = fn()
+        except CannotFreeThisMuchMemory as e:
+            # Callers see amounts net of the kept reserve, as upstream reports.
+            rec.outcome = e.name
+            raise CannotFreeThisMuchMemory(
+                e.needed_kib - self.cfg.reserve_kib, e.free_kib - self.cfg.reserve_kib
+            ) from None
+        except MemoryError_ as e:
+            rec.outcome = e.name
+            raise
+        except ops.OperationAbandoned:
+            rec.outcome = "abandoned"
+            raise InternalError("squeezed is shutting down; operation abandoned") from None
+        finally:
+            rec.elapsed_s = time.monotonic() - t0
+        rec.outcome = "success"
+        return result
+
+    def _find(self, session_id: str, reservation_id: str) -> Reservation:
+        for r in self.backend.reservations():
+            if r.session == session_id and r.reservation_id == reservation_id:
+                return r
+        raise UnknownReservation(reservation_id)
+
+    @staticmethod
+    def _check_kib(value: int) -> None:
+        if value < 0 or value > INT64_MAX:
+            raise InvalidMemoryValue(value)
+
+    # -- xcp-idl v1 --------------------------------------------------------
+
+    def login(self, dbg: str, service_name: str) -> str:
+        """The service name is the session id; a new login drops every
+        untransferred reservation the previous incarnation left behind."""
+        with self._table_lock:
+            for r in self.backend.reservations():
+                if r.session == service_name and r.in_transfer_domid is None:
+                    self.backend.remove_reservation(r.session, r.reservation_id)
+                    log.info("login %s: dropped stale reservation %s (%d KiB) [dbg %s]",
+                             service_name, r.reservation_id, r.kib, dbg)
+        self._record("login", dbg, service=service_name).outcome = "success"
+        return service_name
+
+    def reserve_memory(self, dbg: str, session_id: str, kib: int) -> str:
+        self._check_kib(kib)
+        rid = str(uuid.uuid4())
+
+        def run() -> str:
+            ops.reserve(self.backend, self.cfg, kib)
+            with self._table_lock:
+                self.backend.add_reservation(Reservation(session_id, rid, kib))
+            return rid
+
+        self._squeeze("reserve_memory", dbg, run, session=session_id, kib=kib)
+        log.info("reservation %s created: session %s, %d KiB [dbg %s]", rid, session_id, kib, dbg)
+        return rid
+
+    def reserve_memory_range(
+        self, dbg: str, session_id: str, min_kib: int, max_kib: int
+    ) -> tuple[str, int]:
+        self._check_kib(min_kib)
+        self._check_kib(max_kib)
+        if max_kib < min_kib:
+            raise InvalidMemoryValue(max_kib)
+        rid = str(uuid.uuid4())
+
+        def run() -> int:
+            amount_kib, _ = ops.free_memory_range(self.backend, self.cfg, min_kib, max_kib)
+            with self._table_lock:
+                self.backend.add_reservation(Reservation(session_id, rid, amount_kib))
+            return amount_kib
+
+        amount_kib = self._squeeze(
+            "reserve_memory_range", dbg, run, session=session_id, min_kib=min_kib, max_kib=max_kib
+        )
+        log.info("reservation %s created: session %s, %d KiB (asked %d-%d) [dbg %s]",
+                 rid, session_id, amount_kib, min_kib, max_kib, dbg)
+        return rid, amount_kib
+
+    def delete_reservation(self, dbg: str, session_id: str, reservation_id: str) -> None:
+        with self._table_lock:
+            r = self._find(session_id, reservation_id)
+            self.backend.remove_reservation(session_id, reservation_id)
+        self._record("delete_reservation", dbg, id=reservation_id).outcome = "success"
+        log.info("reservation %s deleted: session %s, %d KiB [dbg %s]",
+                 reservation_id, session_id, r.kib, dbg)
+
+    def transfer_reservation_to_domain(
+        self, dbg: str, session_id: str, reservation_id: str, domid: int
+    ) -> None:
+        if domid < 0:
+            raise InternalError(f"invalid domid {domid}")
+        with self._table_lock:
+            r = self._find(session_id, reservation_id)
+            self.backend.transfer_reservation(r, domid)
+        self._record("transfer_reservation_to_domain", dbg, id=reservation_id,
+                     domid=domid).outcome = "success"
+        log.info("reservation %s transferred to domain %d: session %s, %d KiB [dbg %s]",
+                 reservation_id, domid, session_id, r.kib, dbg)
+
+    def query_reservation_of_domain(self, dbg: str, session_id: str, domid: int) -> str:
+        rid = self.backend.domain_reservation_id(domid)
+        if rid is None:
+            raise NoReservation()
+        return rid
+
+    def balance_memory(self, dbg: str) -> None:
+        self._squeeze("balance_memory", dbg, lambda: ops.balance(self.backend, self.cfg))
+
+    def balance_if_unbalanced(self) -> bool:
+        """The periodic balancer's step; skipped while an operation runs."""
+        if not self._op_lock.acquire(blocking=False):
+            return False
+        try:
+            if not ops.is_unbalanced(self.backend, self.cfg):
+                return False
+            rec = self._record("auto-balance", "periodic")
+            ops.balance(self.backend, self.cfg)
+            rec.outcome = "success"
+            return True
+        finally:
+            self._op_lock.release()
+
+    def get_host_reserved_memory(self, dbg: str) -> int:
+        return self.cfg.reserve_kib
+
+    def get_host_initial_free_memory(self, dbg: str) -> int:
+        if self.initial_free is None:
+            raise InternalError("host initial free memory is not measured by this squeezed")
+        return self.initial_free.get()
+
+    def get_domain_zero_policy(self, dbg: str) -> tuple[str, Any]:
+        total_bytes = self.dom0_total_bytes() if self.dom0_total_bytes else None
+        if self.dom0.manage:
+            max_bytes = self.dom0.dynamic_max_bytes
+            if max_bytes is None:
+                if total_bytes is None:
+                    raise InternalError("failed to obtain domain 0's total memory")
+                max_bytes = total_bytes
+            return ("Auto_balloon", (self.dom0.dynamic_min_bytes, max_bytes))
+        if total_bytes is None:
+            raise InternalError("failed to obtain domain 0's total memory")
+        return ("Fixed_size", total_bytes)
+
+    # -- Memory.* dialect --------------------------------------------------
+
+    def query(self, dbg: str) -> dict[str, Any]:
+        return {
+            "name": "squeezed",
+            "vendor": "squeezed project",
+            "version": __version__,
+            "features": ["reserve", "reserve_range", "transfer_to_domain", "delete", "balance",
+                         "diagnostics"],
+            "instance_id": self.instance_id,
+        }
+
+    # -- operator extensions -----------------------------------------------
+
+    def set_log_level(self, dbg: str, level: str) -> None:
+        if level.lower() not in ("debug", "info", "warning", "error"):
+            raise InternalError(f"unknown log level {level!r}: debug, info, warning or error")
+        if self.on_set_log_level:
+            self.on_set_log_level(level.lower())
+        else:
+            logging.getLogger("squeezed").setLevel(level.upper())
+
+    def get_state(self, dbg: str) -> dict[str, Any]:
+        host = self.backend.snapshot()
+        facts = self.backend.describe()
+        reservations = self.backend.reservations()
+        return {
+            "host": {**facts, "free_kib": host.free_mem_kib, "reserved_kib": self.cfg.reserve_kib},
+            "reservations": [
+                {"session": r.session, "reservation_id": r.reservation_id, "kib": r.kib,
+                 "in_transfer_domid": -1 if r.in_transfer_domid is None else r.in_transfer_domid}
+                for r in reservations
+            ],
+            "domains": [
+                {"domid": d.domid, "can_balloon": d.can_balloon,
+                 "dynamic_min_kib": d.dynamic_min_kib, "target_kib": d.target_kib,
+                 "actual_kib": d.memory_actual_kib, "dynamic_max_kib": d.dynamic_max_kib,
+                 "maxmem_kib": d.memory_max_kib, "hit_target": d.hit_target,
+                 "uncooperative": d.domid in facts.get("uncooperative_domids", ())}
+                for d in host.domains
+            ],
+            "operation_running": self._op_lock.locked(),
+        }
+
+    def get_diagnostics(self, dbg: str) -> str:
+        st = self.get_state(dbg)
+        h = st["host"]
+        lines = [f"squeezed {__version__} instance {self.instance_id}"]
+        lines.append("host: " + " ".join(f"{k}={v}" for k, v in sorted(h.items())
+                                          if not isinstance(v, list | tuple | dict)))
+        lines.append(f"operation running: {'yes' if st['operation_running'] else 'no'}")
+        lines.append(f"reservations ({len(st['reservations'])}):")
+        for r in st["reservations"]:
+            dom = r["in_transfer_domid"]
+            where = "" if dom < 0 else f" in-transfer to {dom}"
+            lines.append(f"  {r['session']}/{r['reservation_id']} {r['kib']} KiB{where}")
+        lines.append("domains (KiB): domid min target actual max maxmem flags")
+        for d in st["domains"]:
+            flags = ",".join(f for f, on in (
+                ("balloon", d["can_balloon"]), ("at-target", d["hit_target"]),
+                ("uncooperative", d["uncooperative"])) if on) or "-"
+            lines.append(
+                f"  {d['domid']} {d['dynamic_min_kib']} {d['target_kib']} {d['actual_kib']} "
+                f"{d['dynamic_max_kib']} {d['maxmem_kib']} {flags}"
+            )
+        with self._history_lock:
+            history = list(self._history)
+        lines.append(f"last operations ({len(history)}):")
+        for rec in history:
+            at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.at))
+            lines.append(f"  {at}Z {rec.op} {rec.args} dbg={rec.dbg!r} -> {rec.outcome}"
+                         f" ({rec.elapsed_s:.3f} s)")
+        return "\n".join(lines) + "\n"
