@@ -225,7 +225,8 @@ def balance(io: HostIO, cfg: EngineConfig) -> OpStats | None:
     try:
         return change_host_free_memory(io, cfg, cfg.reserve_kib, _is_balanced(cfg), need_kib=None)
     except MemoryError_ as e:
-        log.info("balance: %s", e)
+        # Typically every domain is at dynamic_max already: nothing to hand out.
+        log.debug("balance ended early: %s", e)
         return None
 
 

@@ -1,0 +1,346 @@
+"""The squeezed program: configuration, start-up, threads, signals, systemd.
+
+Start-up order matters to callers: READY=1 is sent only once the host has
+been read and both sockets accept. Threads (RPC servers, periodic balancer,
+xenstore watcher, boot-time free-memory measurement) run under a supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from squeezed import __version__, systemd
+from squeezed.config import ConfigError, format_config, load
+from squeezed.engine.operations import EngineConfig
+from squeezed.logsetup import set_level, setup_logging
+from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
+from squeezed.supervisor import Supervisor
+
+log = logging.getLogger("squeezed")
+
+
+class StartupError(Exception):
+    """A fatal start-up problem, reported in one line; exit status 1."""
+
+
+@contextlib.contextmanager
+def pidfile_lock(path: str | None) -> Iterator[None]:
+    """Hold an exclusive lock on the pidfile for the daemon's lifetime."""
+    if not path:
+        yield
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(
+            f"another squeezed (pid {other}) is running: it holds the lock on {path}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+class PidLockContext:
+    """python-daemon wants a context manager for its pidfile; take the lock
+    after the fork so the pid written is the daemon's."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._cm: contextlib.AbstractContextManager[None] | None = None
+
+    def __enter__(self) -> PidLockContext:
+        self._cm = pidfile_lock(self.path)
+        self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+
+
+def engine_config(cfg: Any) -> EngineConfig:
+    return EngineConfig(
+        reserve_kib=cfg.host_reserved_kib,
+        tolerance_kib=cfg.balance_tolerance_kib,
+        stuck_after_s=cfg.stuck_after,
+        uncooperative_after_s=cfg.uncooperative_after,
+        min_poll_s=cfg.poll_min,
+        max_poll_s=cfg.poll_max,
+    )
+
+
+class Daemon:
+    def __init__(self, cfg: Any, opts: Any, provenance: Any) -> None:
+        self.cfg = cfg
+        self.opts = opts
+        self.provenance = provenance
+        self.sup = Supervisor()
+        self.sim: Any = None
+        self.host: Any = None
+        self.service: MemoryService | None = None
+        self.servers: list[Any] = []
+        self.reload_requested = threading.Event()
+
+    # -- paths ------------------------------------------------------------
+
+    def _explicit(self, key: str) -> bool:
+        origin = self.provenance.get(key, "default") if self.provenance else "default"
+        return origin != "default"
+
+    def _path(self, key: str, sim_name: str) -> str:
+        """With --simulate, paths nobody set explicitly go to the run dir,
+        never to a system directory."""
+        value = getattr(self.cfg, key.replace("-", "_"))
+        if self.opts.simulate is not None and not self._explicit(key):
+            return str(self.run_dir / sim_name)
+        return value
+
+    # -- start-up ---------------------------------------------------------
+
+    def _open_host(self) -> None:
+        from squeezed.xen.host import XenHost
+        from squeezed.xen.xenctrl import XenCtrl, XenCtrlUnavailable
+        from squeezed.xen.xenstore import XenstoreClient
+
+        lib = self.cfg.libxenctrl or None
+        xs_path = self.cfg.xenstored_socket or None
+        if self.opts.simulate is not None:
+            from squeezed.sim.launch import start_simulated_host
+
+            systemd.status("starting the simulated Xen host")
+            self.sim = start_simulated_host(self.opts.simulate or None, self.run_dir)
+            os.environ.update(self.sim.env())
+            lib, xs_path = self.sim.libxenctrl_path, self.sim.xenstored_path
+        try:
+            xc = XenCtrl.open(lib)
+        except XenCtrlUnavailable as e:
+            raise StartupError(str(e)) from None
+        try:
+            xs = XenstoreClient(xs_path)
+        except OSError as e:
+            where = xs_path or os.environ.get("XENSTORED_PATH") or "/var/run/xenstored/socket"
+            raise StartupError(f"cannot connect to xenstored at {where}: {e}") from None
+        self.xs_path = xs_path
+        self.host = XenHost(
+            xc, xs, manage_domain_zero=self.cfg.manage_domain_zero,
+            uncooperative_after_s=self.cfg.uncooperative_after,
+        )
+        if self.cfg.manage_domain_zero:
+            self.host.configure_domain_zero(
+                self.cfg.domain_zero_dynamic_min, self.cfg.domain_zero_dynamic_max
+            )
+        self.host.snapshot()  # the host has been read once before READY
+
+    def _start_servers(self) -> None:
+        from squeezed.rpc.server import serve
+
+        assert self.service is not None
+        mode = self.cfg.socket_mode
+        group = self.cfg.socket_group or None
+        for dialect, key, name in (("xmlrpc", "socket", "memory"),
+                                   ("json", "json-socket", "memory.json")):
+            path = self._path(key, name)
+            self.servers.append(serve(path, self.service, dialect=dialect, mode=mode, group=group))
+            log.info("serving %s on %s", "XML-RPC" if dialect == "xmlrpc" else "JSON-RPC", path)
+
+    def _balancer(self, stop: threading.Event) -> None:
+        assert self.service is not None
+        while not stop.wait(self.cfg.balance_check_interval):
+            if self.service.balance_if_unbalanced():
+                log.info("periodic balancer rebalanced host memory")
+
+    def _watcher(self, stop: threading.Event) -> None:
+        from squeezed.xen.xenstore import Watcher
+
+        watcher = Watcher(self.xs_path)
+        try:
+            self.host.run_watcher(watcher, stop)
+        finally:
+            watcher.close()
+
+    def _measure_initial_free(self, stop: threading.Event) -> None:
+        assert self.service is not None and self.service.initial_free is not None
+        initial = self.service.initial_free
+        if initial.known:
+            return
+        systemd.status("measuring boot-time host free memory")
+
+        def sleep(s: float) -> None:
+            if stop.wait(s):
+                raise SystemExit(0)
+
+        value = measure_stable(
+            self.host.boot_time_free_bytes,
+            self.cfg.boot_time_host_free_memory_minimal_constant_count,
+            self.cfg.boot_time_host_free_memory_check_interval,
+            sleep=sleep,
+        )
+        initial.set(value)
+        log.info("boot-time host free memory: %d bytes (recorded in %s)", value, initial.path)
+        systemd.status("serving")
+
+    def run(self) -> int:
+        if self.opts.simulate is not None:
+            self.run_dir = Path(self.cfg.run_dir) if getattr(self.cfg, "run_dir", "") else Path(
+                tempfile.mkdtemp(prefix="squeezed-sim-", dir="/tmp"))
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.run_dir = Path("/var/run/squeezed")
+        self._open_host()
+        initial = InitialFreeMemory(self._path("boot-time-memory-file", "boot_time_memory"))
+        if self.opts.simulate is not None and not self._explicit("boot-time-memory-file"):
+            with contextlib.suppress(OSError):
+                os.unlink(initial.path)  # a fresh simulated host each time
+        initial.load_persisted()
+        self.service = MemoryService(
+            self.host, engine_config(self.cfg),
+            Dom0Policy(self.cfg.manage_domain_zero, self.cfg.domain_zero_dynamic_min,
+                       self.cfg.domain_zero_dynamic_max),
+            initial, self.host.dom0_total_bytes,
+        )
+        self.service.on_set_log_level = set_level
+        self._start_servers()
+        self.sup.spawn("xenstore-watcher", self._watcher)
+        self.sup.spawn("balancer", self._balancer)
+        self.sup.spawn("boot-time-free-memory", self._measure_initial_free, once=True)
+        systemd.ready()
+        systemd.status("serving")
+        log.info("squeezed %s ready%s", __version__,
+                 f" (simulated host in {self.run_dir})" if self.sim else "")
+        if self.sim is not None:
+            print(f"squeezed: simulated Xen host in {self.run_dir}; XML-RPC on "
+                  f"{self._path('socket', 'memory')}\n  try: squeezectl --socket "
+                  f"{self._path('socket', 'memory')} diagnostics", file=sys.stderr, flush=True)
+        interval = systemd.watchdog_interval_s()
+        if interval:
+            systemd.Watchdog(interval, self.sup.healthy).start()
+        return self._main_loop()
+
+    def _main_loop(self) -> int:
+        while not self.sup.stop.is_set():
+            if self.reload_requested.wait(0.5):
+                self.reload_requested.clear()
+                self.reload()
+        return self.shutdown()
+
+    # -- signals ----------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        log.info("SIGTERM: stopping")
+        systemd.stopping()
+        if self.host is not None:
+            self.host.abandon()  # a running squeeze returns an error to its caller
+        self.sup.stop.set()
+
+    def request_reload(self, *_: Any) -> None:
+        self.reload_requested.set()
+
+    def reload(self) -> None:
+        from squeezed.config import RELOADABLE_KEYS
+
+        try:
+            cfg, prov, warnings = load(self.opts.argv)[:3]
+        except ConfigError as e:
+            log.error("SIGHUP: configuration not reloaded: %s", e)
+            return
+        for w in warnings:
+            log.warning("%s", w)
+        changed = [k for k in vars(cfg) if getattr(cfg, k) != getattr(self.cfg, k)]
+        for k in changed:
+            name = k.replace("_", "-")
+            if name in RELOADABLE_KEYS:
+                log.info("SIGHUP: %s = %s (was %s)", name, getattr(cfg, k), getattr(self.cfg, k))
+            else:
+                log.warning("SIGHUP: %s changed but only takes effect after a restart", name)
+        applied = {k: getattr(cfg, k) for k in changed if k.replace("_", "-") in RELOADABLE_KEYS}
+        self.cfg = type(self.cfg)(**{**vars(self.cfg), **applied})
+        self.provenance = prov
+        set_level(self.cfg.loglevel)
+        if self.service is not None:
+            self.service.cfg = engine_config(self.cfg)
+        if self.host is not None:
+            self.host.uncooperative_after_s = self.cfg.uncooperative_after
+
+    def shutdown(self) -> int:
+        systemd.status("shutting down")
+        for s in self.servers:
+            with contextlib.suppress(Exception):
+                s.shutdown()
+        self.sup.join(5.0)
+        if self.sim is not None:
+            with contextlib.suppress(Exception):
+                self.sim.stop()
+        log.info("squeezed stopped")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, provenance, warnings, opts = load(argv)
+    except ConfigError as e:
+        print(f"squeezed: {e}", file=sys.stderr)
+        return 2
+    if opts.version:
+        print(f"squeezed {__version__}")
+        return 0
+    if opts.print_config:
+        print(format_config(cfg, provenance), end="")
+        return 0
+    setup_logging(cfg.log, cfg.loglevel, cfg.log_facility)
+    for w in warnings:
+        log.warning("%s", w)
+    daemon = Daemon(cfg, opts, provenance)
+    pidfile = None if opts.simulate is not None and not daemon._explicit("pidfile") else cfg.pidfile
+    try:
+        if opts.daemon:
+            import daemon as pydaemon  # python-daemon
+
+            if not pidfile:
+                raise StartupError("--daemon needs a pidfile")
+            ctx = pydaemon.DaemonContext(
+                pidfile=PidLockContext(pidfile),
+                signal_map={signal.SIGTERM: daemon.request_stop,
+                            signal.SIGHUP: daemon.request_reload},
+                files_preserve=None, working_directory="/",
+            )
+            with pidfile_lock(pidfile):
+                pass  # refuse now, in the foreground, if another instance holds it
+            with ctx:
+                setup_logging(cfg.log, cfg.loglevel, cfg.log_facility)
+                return daemon.run()
+        signal.signal(signal.SIGTERM, daemon.request_stop)
+        signal.signal(signal.SIGINT, daemon.request_stop)
+        signal.signal(signal.SIGHUP, daemon.request_reload)
+        with pidfile_lock(pidfile):
+            return daemon.run()
+    except StartupError as e:
+        log.error("%s", e)
+        print(f"squeezed: {e}", file=sys.stderr)
+        if daemon.sim is not None:
+            with contextlib.suppress(Exception):
+                daemon.sim.stop()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""squeezed's production Xen backend (cffi binding, xenstore client, XenHost)
+driven as xenopsd drives it, on the simulated Xen host built from the real
+interfaces. Real time, but fast guests: each test takes well under a second."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from squeezed.engine.operations import EngineConfig
+from squeezed.errors import DomainsRefusedToCooperate, NoReservation, UnknownReservation
+from squeezed.service import MemoryService
+from squeezed.sim.xenhost import SimulatedXenHost, ideal_driver
+from squeezed.xen.host import XenHost
+from squeezed.xen.xenctrl import XenCtrl
+from squeezed.xen.xenstore import Watcher, XenstoreClient
+
+GIB = 1 << 20  # in KiB
+MIB = 1 << 10
+FAST = ideal_driver(8 * GIB)  # KiB/s
+
+
+def stuck(now, dt, actual, target, maxmem, free):
+    return actual
+
+
+def wait_for(pred, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+class Env:
+    def __init__(self, tmp, monkeypatch, free_gib=1):
+        # total = xen + dom0 + guests + free
+        self.sim = SimulatedXenHost(tmp, total_kib=(1 + 3 + free_gib) * GIB + 256 * MIB,
+                                    dom0_kib=1 * GIB)
+        self.sim.start()
+        for k, v in self.sim.env().items():
+            monkeypatch.setenv(k, v)
+        self.sim.add_running_domain(1, actual_kib=2 * GIB, target_kib=2 * GIB,
+                                    dynamic_min_kib=1 * GIB, dynamic_max_kib=2 * GIB, driver=FAST)
+        self.sim.add_running_domain(2, actual_kib=1 * GIB, target_kib=1 * GIB,
+                                    dynamic_min_kib=512 * MIB, dynamic_max_kib=1 * GIB,
+                                    driver=FAST)
+        self.xc = XenCtrl.open(self.sim.libxenctrl_path)
+        self.xs = XenstoreClient(self.sim.xenstored_path)
+        self.cfg = EngineConfig(stuck_after_s=0.5, uncooperative_after_s=1.0)
+        self.host = XenHost(self.xc, self.xs, uncooperative_after_s=1.0)
+        self.svc = MemoryService(self.host, self.cfg)
+        self.stop = threading.Event()
+        self.watcher = Watcher(self.sim.xenstored_path)
+        self.wt = threading.Thread(target=self.host.run_watcher, args=(self.watcher, self.stop),
+                                   daemon=True)
+        self.wt.start()
+
+    def close(self):
+        self.stop.set()
+        self.wt.join(5)
+        self.watcher.close()
+        self.xs.close()
+        self.sim.stop()
+
+    def domain(self, domid):
+        return self.host.snapshot().domain(domid)
+
+
+@pytest.fixture
+def env(short_tmp, monkeypatch):
+    e = Env(short_tmp, monkeypatch)
+    yield e
+    e.close()
+
+
+def test_vm_start_as_xenopsd_does(env):
+    sid = env.svc.login("dbg", "xenopsd")
+    free0 = env.host.snapshot().free_mem_kib
+    rid, kib = env.svc.reserve_memory_range("dbg", sid, 1 * GIB, 2 * GIB)
+    assert 1 * GIB <= kib <= 2 * GIB
+    host = env.host.snapshot()
+    # The reservation is held back from host free memory, and came from ballooning.
+    assert host.free_mem_kib >= env.cfg.reserve_kib - 8
+    for d in host.domains:
+        assert d.dynamic_min_kib <= d.target_kib <= d.dynamic_max_kib
+    assert sum(d.memory_actual_kib for d in host.domains) < 3 * GIB
+    # xenopsd creates the domain, transfers the reservation, builds it.
+    env.sim.create_domain(5, target_kib=kib, dynamic_min_kib=1 * GIB, dynamic_max_kib=2 * GIB,
+                          driver=FAST)
+    env.svc.transfer_reservation_to_domain("dbg", sid, rid, 5)
+    assert env.xs.read("/local/domain/5/memory/initial-reservation") == str(kib)
+    # Counted once: while building, through the domain's unallocated part.
+    mid = env.host.snapshot().free_mem_kib
+    assert abs(mid - host.free_mem_kib) < 64 * MIB
+    assert wait_for(lambda: env.sim.guests[5].booted)
+    assert env.svc.query_reservation_of_domain("dbg", sid, 5) == rid
+    env.svc.delete_reservation("dbg", sid, rid)
+    with pytest.raises(UnknownReservation):
+        env.svc.delete_reservation("dbg", sid, rid)
+    after = env.host.snapshot()
+    assert abs(after.free_mem_kib - host.free_mem_kib) < 64 * MIB, (free0, host, after)
+    d5 = after.domain(5)
+    assert d5 is not None and d5.can_balloon
+
+
+def test_shutdown_then_balance_gives_memory_back(env):
+    sid = env.svc.login("dbg", "xenopsd")
+    rid, kib = env.svc.reserve_memory_range("dbg", sid, 1 * GIB, 1 * GIB)
+    env.svc.delete_reservation("dbg", sid, rid)
+    squeezed_total = sum(d.target_kib for d in env.host.snapshot().domains)
+    env.svc.balance_memory("dbg")
+    host = env.host.snapshot()
+    assert sum(d.target_kib for d in host.domains) > squeezed_total
+    # Every guest is back at dynamic_max: all there is to give back was given.
+    for d in host.domains:
+        assert d.target_kib == d.dynamic_max_kib
+        assert abs(d.memory_actual_kib - d.target_kib) <= d.inaccuracy_kib
+
+
+def test_stuck_guest_refuses_and_becomes_uncooperative(env):
+    env.sim.guests[1].driver = stuck
+    env.sim.guests[2].driver = stuck
+    sid = env.svc.login("dbg", "xenopsd")
+    with pytest.raises(DomainsRefusedToCooperate) as e:
+        env.svc.reserve_memory("dbg", sid, 1 * GIB)
+    assert set(e.value.domids) == {1, 2}
+
+    def marked():
+        env.host.snapshot()
+        return env.xs.read("/local/domain/1/memory/uncooperative") is not None
+
+    assert wait_for(marked, 5)
+    env.sim.guests[1].driver = FAST
+    env.sim.guests[2].driver = FAST
+
+    def cleared():
+        env.host.snapshot()
+        return env.xs.read("/local/domain/1/memory/uncooperative") is None
+
+    assert wait_for(cleared, 5)
+
+
+def test_no_reservation_and_restart_keeps_table(env):
+    sid = env.svc.login("dbg", "xenopsd")
+    with pytest.raises(NoReservation):
+        env.svc.query_reservation_of_domain("dbg", sid, 1)
+    rid = env.svc.reserve_memory("dbg", sid, 256 * MIB)
+    free_with = env.host.snapshot().free_mem_kib
+    # A new daemon on the same host finds the reservation, counted once.
+    host2 = XenHost(env.xc, XenstoreClient(env.sim.xenstored_path))
+    svc2 = MemoryService(host2, env.cfg)
+    assert [r.reservation_id for r in host2.reservations()] == [rid]
+    assert abs(host2.snapshot().free_mem_kib - free_with) < 16 * MIB
+    svc2.delete_reservation("dbg", sid, rid)
+    assert host2.reservations() == []
+
+
+def test_write_to_destroyed_domain_is_harmless(env):
+    env.sim.destroy_domain(2)
+    env.host.set_target(2, 12345)
+    env.host.set_maxmem(2, 12345)
+    assert env.xs.read("/local/domain/2") is None
+    assert env.host.snapshot().domain(2) is None
