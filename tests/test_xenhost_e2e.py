@@ -12,6 +12,7 @@ import pytest
 from squeezed.engine.operations import EngineConfig
 from squeezed.errors import DomainsRefusedToCooperate, NoReservation, UnknownReservation
 from squeezed.service import MemoryService
+from squeezed.sim.drivers import Stuck
 from squeezed.sim.xenhost import SimulatedXenHost, ideal_driver
 from squeezed.xen.host import XenHost
 from squeezed.xen.xenctrl import XenCtrl
@@ -22,8 +23,7 @@ MIB = 1 << 10
 FAST = ideal_driver(8 * GIB)  # KiB/s
 
 
-def stuck(now, dt, actual, target, maxmem, free):
-    return actual
+stuck = Stuck()
 
 
 def wait_for(pred, timeout_s=10.0):

@@ -19,30 +19,22 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from squeezed.sim.build import build_stub
+from squeezed.sim.drivers import Driver, Ideal
 from squeezed.sim.hypervisor import InsufficientMemory, NoSuchDomain, SimHypervisor
 from squeezed.sim.xenstored import Xenstored
 
 log = logging.getLogger("squeezed.sim.xenhost")
 
 PAGE_KIB = 4
-# A driver moves a guest's allocation: (now_s, dt_s, actual_kib, target_kib,
-# maxmem_kib, host_free_kib) -> new actual_kib.
-Driver = Callable[[float, float, int, int, int, int], int]
+DEFAULT_RATE_KIB_S = 1 << 20
 
 
-def ideal_driver(rate_kib_s: int) -> Driver:
-    def step(now_s: float, dt_s: float, actual: int, target: int, maxmem: int, free: int) -> int:
-        budget = max(1, int(rate_kib_s * dt_s))
-        if actual > target:
-            return max(target, actual - budget)
-        return min(target, actual + budget, maxmem, actual + free)
-
-    return step
+def ideal_driver(rate_kib_s: int = DEFAULT_RATE_KIB_S) -> Driver:
+    return Ideal(rate_kib_s=rate_kib_s)
 
 
 @dataclass
@@ -147,7 +139,7 @@ class SimulatedXenHost:
             domid, (actual_kib + offset_kib) // PAGE_KIB,
             (maxmem_kib + offset_kib + overhead) // PAGE_KIB, hvm=domain_type == "hvm",
         )
-        g = SimGuest(domid, driver or ideal_driver(1 << 20), domain_type, offset_kib,
+        g = SimGuest(domid, driver or ideal_driver(), domain_type, offset_kib,
                      booted=True, can_balloon=can_balloon)
         with self._lock:
             self.guests[domid] = g
@@ -177,7 +169,7 @@ class SimulatedXenHost:
         then the guest boots and advertises its balloon driver."""
         assert self.hv is not None
         self.hv.create_domain(domid, 0, 0, hvm=domain_type == "hvm", paused=True)
-        g = SimGuest(domid, driver or ideal_driver(1 << 20), domain_type, booted=False,
+        g = SimGuest(domid, driver or ideal_driver(), domain_type, booted=False,
                      can_balloon=can_balloon)
         with self._lock:
             self.guests[domid] = g
@@ -258,7 +250,7 @@ class SimulatedXenHost:
             target = targets.get(g.domid)
             if target is None:
                 continue
-            new_kib = g.driver(now_s, dt_s, actual_kib, target, maxmem_kib, free_kib)
+            new_kib = g.driver.step(now_s, dt_s, actual_kib, target, maxmem_kib, free_kib)
             if new_kib != actual_kib:
                 try:
                     self.hv.balloon_to(g.domid, max(0, new_kib + g.offset_kib) // PAGE_KIB)
