@@ -260,8 +260,9 @@ class XenHost:
             initial_kib = _int(keys.get("memory/initial-reservation")) or 0
             unaccounted_kib = max(0, initial_kib - actual_raw_kib - shadow_kib)
             pinned_kib = max(0, maxmem_raw_kib - overhead_kib)
-            return Domain(di.domid, False, pinned_kib, pinned_kib, pinned_kib, pinned_kib,
-                          pinned_kib), unaccounted_kib
+            return Domain(
+                di.domid, False, pinned_kib, pinned_kib, pinned_kib, pinned_kib, pinned_kib
+            ), unaccounted_kib
         target_kib = _int(keys.get("memory/target"))
         if target_kib is None:
             return None, 0
@@ -278,8 +279,13 @@ class XenHost:
         if di.domid == 0:
             maxmem_kib = target_kib  # domain 0's maxmem is never ours to change
         return Domain(
-            di.domid, can_balloon, dmin_kib, target_kib, dmax_kib,
-            actual_raw_kib - offset_kib, maxmem_kib,
+            di.domid,
+            can_balloon,
+            dmin_kib,
+            target_kib,
+            dmax_kib,
+            actual_raw_kib - offset_kib,
+            maxmem_kib,
         ), 0
 
     def _calibrate_offset(self, domid: int, target_kib: int) -> int | None:
@@ -305,8 +311,12 @@ class XenHost:
                 continue
             bad = now - last > self.uncooperative_after_s
             if bad and domid not in self._uncooperative:
-                log.warning("domain %d has missed its balloon target for over %.0f s: "
-                            "marking it uncooperative", domid, self.uncooperative_after_s)
+                log.warning(
+                    "domain %d has missed its balloon target for over %.0f s: "
+                    "marking it uncooperative",
+                    domid,
+                    self.uncooperative_after_s,
+                )
                 self._write_domain_key(domid, "memory/uncooperative", "")
                 self._uncooperative.add(domid)
             elif not bad and domid in self._uncooperative:

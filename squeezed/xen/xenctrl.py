@@ -68,8 +68,9 @@ _ARCH_DOMAINCONFIG = {
             uint32_t clock_frequency;
         };""",
 }
-_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
-                                                      platform.machine().lower())
+_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}.get(
+    platform.machine().lower(), platform.machine().lower()
+)
 SUPPORTED_ARCH = _MACHINE in _ARCH_DOMAINCONFIG
 
 # The libxenctrl functions bound. Kept apart so the ABI test can compile them
@@ -167,8 +168,12 @@ ffi.cdef(CDEF)
 
 # Types whose layout the binding declares by hand; the ABI test compares the
 # sizeof and every field's offset and size with the real headers.
-ABI_STRUCTS = ("xc_physinfo_t", "xc_domaininfo_t", "struct xen_arch_domainconfig",
-               "xentoollog_logger")
+ABI_STRUCTS = (
+    "xc_physinfo_t",
+    "xc_domaininfo_t",
+    "struct xen_arch_domainconfig",
+    "xentoollog_logger",
+)
 # Constants the binding hard-codes, by their C names; also checked by the ABI test.
 ABI_CONSTANTS: dict[str, int] = {
     "XEN_DOMINF_dying": XEN_DOMINF_DYING,
@@ -282,7 +287,8 @@ def load_library(lib_path: str | os.PathLike[str] | None = None) -> Any:
             _libs[name] = lib
             return lib
     raise XenCtrlUnavailable(
-        "dlopen", errno_mod.ENOENT,
+        "dlopen",
+        errno_mod.ENOENT,
         "cannot load libxenctrl: " + "; ".join(errors) + "; is libxenctrl installed?",
     )
 
@@ -292,8 +298,16 @@ def load_library(lib_path: str | os.PathLike[str] | None = None) -> Any:
 # xentoollog_level: XTL_NONE, DEBUG, VERBOSE, DETAIL, PROGRESS, INFO, NOTICE,
 # WARN, ERROR, CRITICAL.
 _XTL_TO_LOGGING = (
-    logging.DEBUG, logging.DEBUG, logging.DEBUG, logging.DEBUG, logging.INFO,
-    logging.INFO, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL,
+    logging.DEBUG,
+    logging.DEBUG,
+    logging.DEBUG,
+    logging.DEBUG,
+    logging.INFO,
+    logging.INFO,
+    logging.INFO,
+    logging.WARNING,
+    logging.ERROR,
+    logging.CRITICAL,
 )
 _MESSAGE_BUF_BYTES = 4096
 _libc: Any = None
@@ -325,8 +339,9 @@ def _vmessage(_logger: Any, level: int, errnoval: int, context: Any, fmt: Any, a
         pass
 
 
-def _progress(_logger: Any, context: Any, doing_what: Any, percent: int, done: int,
-              total: int) -> None:
+def _progress(
+    _logger: Any, context: Any, doing_what: Any, percent: int, done: int, total: int
+) -> None:
     pass  # only domain building reports progress; squeezed never builds
 
 
@@ -340,10 +355,15 @@ def _logger() -> Any:
         if _xtl_logger is None:
             _libc = ffi.dlopen(None)
             cbs = [
-                ffi.callback("void(xentoollog_logger *, int, int, const char *, const char *,"
-                             " void *)", _vmessage),
-                ffi.callback("void(xentoollog_logger *, const char *, const char *, int,"
-                             " unsigned long, unsigned long)", _progress),
+                ffi.callback(
+                    "void(xentoollog_logger *, int, int, const char *, const char *, void *)",
+                    _vmessage,
+                ),
+                ffi.callback(
+                    "void(xentoollog_logger *, const char *, const char *, int,"
+                    " unsigned long, unsigned long)",
+                    _progress,
+                ),
                 ffi.callback("void(xentoollog_logger *)", _destroy),
             ]
             logger = ffi.new("xentoollog_logger *")
@@ -375,7 +395,8 @@ class XenCtrl:
         lib = load_library(lib_path)
         if not SUPPORTED_ARCH:
             raise XenCtrlUnavailable(
-                "xc_interface_open", errno_mod.ENOTSUP,
+                "xc_interface_open",
+                errno_mod.ENOTSUP,
                 f"cannot open the Xen control interface: unsupported architecture {_MACHINE}",
             )
         logger = _logger()
@@ -383,7 +404,8 @@ class XenCtrl:
         if xch == ffi.NULL:
             err = ffi.errno or errno_mod.EIO
             raise XenCtrlUnavailable(
-                "xc_interface_open", err,
+                "xc_interface_open",
+                err,
                 f"cannot open the Xen control interface: {os.strerror(err)}; is this a Xen dom0?",
             )
         return cls(lib, xch)
@@ -411,22 +433,25 @@ class XenCtrl:
         out: list[DomainInfo] = []
         first = 0
         while first < DOMID_FIRST_RESERVED:
-            n = self._lib.xc_domain_getinfolist(self._handle("xc_domain_getinfolist"),
-                                                first, batch, buf)
+            n = self._lib.xc_domain_getinfolist(
+                self._handle("xc_domain_getinfolist"), first, batch, buf
+            )
             if n < 0:
                 raise XenCtrlError("xc_domain_getinfolist", ffi.errno)
             for i in range(n):
                 di = buf[i]
                 flags = int(di.flags)
-                out.append(DomainInfo(
-                    domid=int(di.domain),
-                    dying=bool(flags & XEN_DOMINF_DYING),
-                    shutdown=bool(flags & XEN_DOMINF_SHUTDOWN),
-                    paused=bool(flags & XEN_DOMINF_PAUSED),
-                    hvm=bool(flags & XEN_DOMINF_HVM_GUEST),
-                    tot_pages=int(di.tot_pages),
-                    max_pages=int(di.max_pages),
-                ))
+                out.append(
+                    DomainInfo(
+                        domid=int(di.domain),
+                        dying=bool(flags & XEN_DOMINF_DYING),
+                        shutdown=bool(flags & XEN_DOMINF_SHUTDOWN),
+                        paused=bool(flags & XEN_DOMINF_PAUSED),
+                        hvm=bool(flags & XEN_DOMINF_HVM_GUEST),
+                        tot_pages=int(di.tot_pages),
+                        max_pages=int(di.max_pages),
+                    )
+                )
             if n < batch:
                 break
             first = int(buf[n - 1].domain) + 1
@@ -449,8 +474,9 @@ class XenCtrl:
         if not 0 <= domid < DOMID_FIRST_RESERVED:
             raise ValueError(f"invalid domid {domid}")
         mb = ffi.new("unsigned int *", 0)
-        ret = self._lib.xc_shadow_control(self._handle("xc_shadow_control"), domid,
-                                          XEN_DOMCTL_SHADOW_OP_GET_ALLOCATION, mb, 0)
+        ret = self._lib.xc_shadow_control(
+            self._handle("xc_shadow_control"), domid, XEN_DOMCTL_SHADOW_OP_GET_ALLOCATION, mb, 0
+        )
         if ret != 0:
             raise XenCtrlError("xc_shadow_control", ffi.errno)
         return int(mb[0])

@@ -83,7 +83,15 @@ OK = b"OK\0"
 
 
 class ProtocolError(ValueError):
-    """The byte stream cannot be a valid xenstore message sequence."""
+    """The byte stream cannot be a valid xenstore message sequence.
+
+    ``packets`` holds the complete packets that preceded the fault in the
+    same :meth:`Parser.feed` call, so a caller may still act on them.
+    """
+
+    def __init__(self, message: str, packets: list[Packet] | None = None) -> None:
+        super().__init__(message)
+        self.packets: list[Packet] = packets or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +131,7 @@ def encode(type_: int, req_id: int, tx_id: int, payload: bytes = b"") -> bytes:
 
 
 # --- payload helpers -----------------------------------------------------------------------
+
 
 def _b(s: str | bytes) -> bytes:
     # surrogateescape lets undecodable bytes read from xenstore be written back unchanged.
@@ -174,6 +183,7 @@ def watch_event(path: str, token: str) -> Packet:
 
 # --- incremental parser --------------------------------------------------------------------
 
+
 class Parser:
     """Reassembles packets from arbitrary chunks of a byte stream.
 
@@ -204,8 +214,9 @@ class Parser:
             type_, req_id, tx_id, length = HEADER.unpack_from(buf, pos)
             if length > self._max:
                 del buf[:pos]
-                self._error = ProtocolError(f"message length {length} exceeds maximum {self._max}")
-                raise self._error
+                msg = f"message length {length} exceeds maximum {self._max}"
+                self._error = ProtocolError(msg)
+                raise ProtocolError(msg, out)
             end = pos + HEADER_SIZE + length
             if len(buf) < end:
                 break
