@@ -16,14 +16,16 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from squeezed import __version__, systemd
-from squeezed.config import ConfigError, format_config, load
+from squeezed.config import ConfigError, apply_reloadable, format_config, help_text, load
 from squeezed.engine.operations import EngineConfig
 from squeezed.logsetup import set_level, setup_logging
 from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
+from squeezed.sim.scenario import ScenarioError
 from squeezed.supervisor import Supervisor
 
 log = logging.getLogger("squeezed")
@@ -81,10 +83,10 @@ def engine_config(cfg: Any) -> EngineConfig:
     return EngineConfig(
         reserve_kib=cfg.host_reserved_kib,
         tolerance_kib=cfg.balance_tolerance_kib,
-        stuck_after_s=cfg.stuck_after,
-        uncooperative_after_s=cfg.uncooperative_after,
-        min_poll_s=cfg.poll_min,
-        max_poll_s=cfg.poll_max,
+        stuck_after_s=cfg.stuck_after_s,
+        uncooperative_after_s=cfg.uncooperative_after_s,
+        min_poll_s=cfg.poll_min_s,
+        max_poll_s=cfg.poll_max_s,
     )
 
 
@@ -103,8 +105,8 @@ class Daemon:
     # -- paths ------------------------------------------------------------
 
     def _explicit(self, key: str) -> bool:
-        origin = self.provenance.get(key, "default") if self.provenance else "default"
-        return origin != "default"
+        origin = self.provenance.get(key) if self.provenance else None
+        return origin is not None and origin.kind != "default"
 
     def _path(self, key: str, sim_name: str) -> str:
         """With --simulate, paths nobody set explicitly go to the run dir,
@@ -142,29 +144,37 @@ class Daemon:
         self.xs_path = xs_path
         self.host = XenHost(
             xc, xs, manage_domain_zero=self.cfg.manage_domain_zero,
-            uncooperative_after_s=self.cfg.uncooperative_after,
+            uncooperative_after_s=self.cfg.uncooperative_after_s,
         )
         if self.cfg.manage_domain_zero:
             self.host.configure_domain_zero(
-                self.cfg.domain_zero_dynamic_min, self.cfg.domain_zero_dynamic_max
+                self.cfg.domain_zero_dynamic_min_bytes, self.cfg.domain_zero_dynamic_max_bytes
             )
         self.host.snapshot()  # the host has been read once before READY
 
     def _start_servers(self) -> None:
-        from squeezed.rpc.server import serve
+        from squeezed.rpc.dispatch import Dispatcher
+        from squeezed.rpc.server import JsonRpcServer, SocketInUseError, XmlRpcServer
 
         assert self.service is not None
-        mode = self.cfg.socket_mode
+        dispatcher = Dispatcher(self.service)
         group = self.cfg.socket_group or None
-        for dialect, key, name in (("xmlrpc", "socket", "memory"),
-                                   ("json", "json-socket", "memory.json")):
+        for cls, key, name in ((XmlRpcServer, "socket", "memory"),
+                               (JsonRpcServer, "json-socket", "memory.json")):
             path = self._path(key, name)
-            self.servers.append(serve(path, self.service, dialect=dialect, mode=mode, group=group))
-            log.info("serving %s on %s", "XML-RPC" if dialect == "xmlrpc" else "JSON-RPC", path)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            server = cls(path, dispatcher, mode=self.cfg.socket_mode, group=group)
+            try:
+                server.start()
+            except SocketInUseError as e:
+                raise StartupError(str(e)) from None
+            except OSError as e:
+                raise StartupError(f"cannot listen on {path}: {e}") from None
+            self.servers.append(server)
 
     def _balancer(self, stop: threading.Event) -> None:
         assert self.service is not None
-        while not stop.wait(self.cfg.balance_check_interval):
+        while not stop.wait(self.cfg.balance_check_interval_s):
             if self.service.balance_if_unbalanced():
                 log.info("periodic balancer rebalanced host memory")
 
@@ -191,7 +201,7 @@ class Daemon:
         value = measure_stable(
             self.host.boot_time_free_bytes,
             self.cfg.boot_time_host_free_memory_minimal_constant_count,
-            self.cfg.boot_time_host_free_memory_check_interval,
+            self.cfg.boot_time_host_free_memory_check_interval_s,
             sleep=sleep,
         )
         initial.set(value)
@@ -200,9 +210,7 @@ class Daemon:
 
     def run(self) -> int:
         if self.opts.simulate is not None:
-            self.run_dir = Path(self.cfg.run_dir) if getattr(self.cfg, "run_dir", "") else Path(
-                tempfile.mkdtemp(prefix="squeezed-sim-", dir="/tmp"))
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir = Path(tempfile.mkdtemp(prefix="squeezed-sim-", dir="/tmp"))
         else:
             self.run_dir = Path("/var/run/squeezed")
         self._open_host()
@@ -213,8 +221,8 @@ class Daemon:
         initial.load_persisted()
         self.service = MemoryService(
             self.host, engine_config(self.cfg),
-            Dom0Policy(self.cfg.manage_domain_zero, self.cfg.domain_zero_dynamic_min,
-                       self.cfg.domain_zero_dynamic_max),
+            Dom0Policy(self.cfg.manage_domain_zero, self.cfg.domain_zero_dynamic_min_bytes,
+                       self.cfg.domain_zero_dynamic_max_bytes),
             initial, self.host.dom0_total_bytes,
         )
         self.service.on_set_log_level = set_level
@@ -255,30 +263,29 @@ class Daemon:
         self.reload_requested.set()
 
     def reload(self) -> None:
-        from squeezed.config import RELOADABLE_KEYS
-
+        systemd.reloading()
         try:
-            cfg, prov, warnings = load(self.opts.argv)[:3]
+            loaded = load(list(self.opts.argv), config_file=self.opts.config_file,
+                          config_dir=self.opts.config_dir)
         except ConfigError as e:
             log.error("SIGHUP: configuration not reloaded: %s", e)
+            systemd.ready("serving")
             return
-        for w in warnings:
+        for w in loaded.warnings:
             log.warning("%s", w)
-        changed = [k for k in vars(cfg) if getattr(cfg, k) != getattr(self.cfg, k)]
-        for k in changed:
-            name = k.replace("_", "-")
-            if name in RELOADABLE_KEYS:
-                log.info("SIGHUP: %s = %s (was %s)", name, getattr(cfg, k), getattr(self.cfg, k))
-            else:
-                log.warning("SIGHUP: %s changed but only takes effect after a restart", name)
-        applied = {k: getattr(cfg, k) for k in changed if k.replace("_", "-") in RELOADABLE_KEYS}
-        self.cfg = type(self.cfg)(**{**vars(self.cfg), **applied})
-        self.provenance = prov
+        self.cfg, applied, need_restart = apply_reloadable(self.cfg, loaded.config)
+        for name in applied:
+            log.info("SIGHUP: %s = %s", name, self.cfg.get(name))
+        for name in need_restart:
+            log.warning("SIGHUP: %s changed but only takes effect after a restart", name)
+        log.info("SIGHUP: configuration reloaded (%d applied, %d need a restart)",
+                 len(applied), len(need_restart))
+        systemd.ready("serving")
         set_level(self.cfg.loglevel)
         if self.service is not None:
             self.service.cfg = engine_config(self.cfg)
         if self.host is not None:
-            self.host.uncooperative_after_s = self.cfg.uncooperative_after
+            self.host.uncooperative_after_s = self.cfg.uncooperative_after_s
 
     def shutdown(self) -> int:
         systemd.status("shutting down")
@@ -300,12 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"squeezed: {e}", file=sys.stderr)
         return 2
+    if opts.help:
+        print(help_text(), end="")
+        return 0
     if opts.version:
         print(f"squeezed {__version__}")
         return 0
     if opts.print_config:
         print(format_config(cfg, provenance), end="")
         return 0
+    if opts.simulate is not None and provenance["log"].kind == "default":
+        cfg = replace(cfg, log="stderr")  # a simulated host is run by a person at a terminal
     setup_logging(cfg.log, cfg.loglevel, cfg.log_facility)
     for w in warnings:
         log.warning("%s", w)
@@ -333,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, daemon.request_reload)
         with pidfile_lock(pidfile):
             return daemon.run()
+    except ScenarioError as e:
+        print(f"squeezed: {e}", file=sys.stderr)
+        return 2
     except StartupError as e:
         log.error("%s", e)
         print(f"squeezed: {e}", file=sys.stderr)

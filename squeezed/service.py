@@ -34,6 +34,8 @@ log = logging.getLogger("squeezed.service")
 
 DEFAULT_SESSION = "default"  # the session of the sessionless Memory.* dialect
 INT64_MAX = 2**63 - 1
+_DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib", "dynamic_max_kib",
+                        "memory_actual_kib", "memory_max_kib", "uncooperative")
 
 
 @dataclass(frozen=True)
@@ -306,29 +308,44 @@ class MemoryService:
             logging.getLogger("squeezed").setLevel(level.upper())
 
     def get_state(self, dbg: str) -> dict[str, Any]:
+        """The operator's view (squeezectl state), shaped as the IDL's `state`."""
+        st = self._state()
+        return {
+            "host": st["host"],
+            "reservations": [
+                {"reservation_id": r["reservation_id"], "session_id": r["session"],
+                 "kib": r["kib"], "domid": r["in_transfer_domid"]}
+                for r in st["reservations"]
+            ],
+            "domains": [{k: d[k] for k in _DOMAIN_STATE_FIELDS} for d in st["domains"]],
+            "operation_running": st["operation_running"],
+        }
+
+    def _state(self) -> dict[str, Any]:
         host = self.backend.snapshot()
         facts = self.backend.describe()
-        reservations = self.backend.reservations()
+        uncooperative = set(facts.get("uncooperative_domids", ()))
         return {
-            "host": {**facts, "free_kib": host.free_mem_kib, "reserved_kib": self.cfg.reserve_kib},
+            "host": {"free_kib": host.free_mem_kib, "reserved_kib": self.cfg.reserve_kib,
+                     **{k: v for k, v in facts.items() if isinstance(v, int)}},
             "reservations": [
                 {"session": r.session, "reservation_id": r.reservation_id, "kib": r.kib,
-                 "in_transfer_domid": -1 if r.in_transfer_domid is None else r.in_transfer_domid}
-                for r in reservations
+                 "in_transfer_domid": r.in_transfer_domid}
+                for r in self.backend.reservations()
             ],
             "domains": [
                 {"domid": d.domid, "can_balloon": d.can_balloon,
                  "dynamic_min_kib": d.dynamic_min_kib, "target_kib": d.target_kib,
-                 "actual_kib": d.memory_actual_kib, "dynamic_max_kib": d.dynamic_max_kib,
-                 "maxmem_kib": d.memory_max_kib, "hit_target": d.hit_target,
-                 "uncooperative": d.domid in facts.get("uncooperative_domids", ())}
+                 "memory_actual_kib": d.memory_actual_kib, "dynamic_max_kib": d.dynamic_max_kib,
+                 "memory_max_kib": d.memory_max_kib, "hit_target": d.hit_target,
+                 "uncooperative": d.domid in uncooperative}
                 for d in host.domains
             ],
             "operation_running": self._op_lock.locked(),
         }
 
     def get_diagnostics(self, dbg: str) -> str:
-        st = self.get_state(dbg)
+        st = self._state()
         h = st["host"]
         lines = [f"squeezed {__version__} instance {self.instance_id}"]
         lines.append("host: " + " ".join(f"{k}={v}" for k, v in sorted(h.items())
@@ -337,7 +354,7 @@ class MemoryService:
         lines.append(f"reservations ({len(st['reservations'])}):")
         for r in st["reservations"]:
             dom = r["in_transfer_domid"]
-            where = "" if dom < 0 else f" in-transfer to {dom}"
+            where = "" if dom is None else f" in-transfer to {dom}"
             lines.append(f"  {r['session']}/{r['reservation_id']} {r['kib']} KiB{where}")
         lines.append("domains (KiB): domid min target actual max maxmem flags")
         for d in st["domains"]:
@@ -345,8 +362,8 @@ class MemoryService:
                 ("balloon", d["can_balloon"]), ("at-target", d["hit_target"]),
                 ("uncooperative", d["uncooperative"])) if on) or "-"
             lines.append(
-                f"  {d['domid']} {d['dynamic_min_kib']} {d['target_kib']} {d['actual_kib']} "
-                f"{d['dynamic_max_kib']} {d['maxmem_kib']} {flags}"
+                f"  {d['domid']} {d['dynamic_min_kib']} {d['target_kib']} "
+                f"{d['memory_actual_kib']} {d['dynamic_max_kib']} {d['memory_max_kib']} {flags}"
             )
         with self._history_lock:
             history = list(self._history)

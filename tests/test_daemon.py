@@ -1,0 +1,193 @@
+"""The real squeezed program against the simulated Xen host: signals, the
+pidfile lock, configuration reload, SIGKILL and restart, xenstored restart,
+and many concurrent clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from daemon_harness import GIB, MIB, DaemonProcess, make_sim
+from squeezed.errors import UnknownReservation
+from squeezed.sim.drivers import Ideal, Stuck
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def sim(short_tmp):
+    s = make_sim(short_tmp)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def daemon(short_tmp, sim):
+    d = DaemonProcess(short_tmp, sim).start()
+    yield d
+    d.stop()
+
+
+def test_sigterm_exits_cleanly_and_removes_its_files(daemon):
+    assert os.path.exists(daemon.socket) and os.path.exists(daemon.pidfile)
+    assert int(open(daemon.pidfile).read()) == daemon.proc.pid
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert not os.path.exists(daemon.socket)
+    assert not os.path.exists(daemon.json_socket)
+    assert not os.path.exists(daemon.pidfile)
+
+
+def test_second_instance_refuses_and_says_why(short_tmp, sim, daemon):
+    other_dir = short_tmp / "other"
+    other_dir.mkdir()
+    second = DaemonProcess(other_dir, sim)
+    second.pidfile = daemon.pidfile  # same pidfile, other sockets
+    second.start(wait=False)
+    assert second.wait() == 1
+    assert "another squeezed" in second.output() and daemon.pidfile in second.output()
+    daemon.call("get_host_reserved_memory", "still serving")
+
+
+def test_live_socket_is_not_stolen(short_tmp, sim, daemon):
+    other_dir = short_tmp / "other"
+    other_dir.mkdir()
+    second = DaemonProcess(other_dir, sim)
+    second.socket = daemon.socket
+    second.start(wait=False)
+    assert second.wait() == 1
+    daemon.call("get_host_reserved_memory", "still serving")
+
+
+def test_sighup_reloads_configuration(daemon):
+    daemon.conf.write_text("loglevel = debug\nsocket-mode = 0660\nno-such-key = 1\n")
+    daemon.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "configuration reloaded" not in daemon.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = daemon.output()
+    assert "SIGHUP: loglevel = debug" in out
+    assert "socket-mode changed but only takes effect after a restart" in out
+    assert "no-such-key" in out  # the unknown key is a warning naming it
+    daemon.call("balance_memory", "after reload")
+
+
+def test_boot_time_free_memory_is_measured_and_persisted(daemon):
+    value = int(daemon.call("get_host_initial_free_memory", "t"))
+    assert value > 1 * GIB * 1024
+    assert int((daemon.run_dir / "boot_time_memory").read_text()) == value
+
+
+def test_sigkill_mid_operation_and_restart_keeps_every_reservation(short_tmp, sim, daemon):
+    sid = daemon.call("login", "t", "xenopsd")
+    kept = daemon.call("reserve_memory", "t", sid, 128 * MIB)
+    # Slow drivers: the next reservation is mid-squeeze when the daemon dies.
+    for domid in (1, 2):
+        sim.guests[domid].driver = Ideal(rate_kib_s=64 * MIB)
+    errors = []
+
+    def reserve():
+        try:
+            daemon.call("reserve_memory", "t", sid, 1 * GIB)
+        except Exception as e:  # the connection dies with the daemon
+            errors.append(e)
+
+    t = threading.Thread(target=reserve)
+    t.start()
+    time.sleep(0.5)
+    daemon.proc.kill()
+    daemon.wait()
+    t.join(10)
+    assert errors, "the reservation should have been cut off"
+    restarted = DaemonProcess(short_tmp, sim).start()
+    try:
+        state = restarted.call("get_state", "t")
+        rids = [r["reservation_id"] for r in state["reservations"]]
+        assert rids == [kept]  # the one that completed, once; none half-made
+        total_reserved = sum(r["kib"] for r in state["reservations"])
+        assert total_reserved == 128 * MIB
+        restarted.call("delete_reservation", "t", sid, kept)
+        with pytest.raises(UnknownReservation):
+            restarted.call("delete_reservation", "t", sid, kept)
+    finally:
+        restarted.stop()
+
+
+def test_xenstored_restart_daemon_reconnects(sim, daemon):
+    sid = daemon.call("login", "t", "xenopsd")
+    rid = daemon.call("reserve_memory", "t", sid, 64 * MIB)
+    sim.xenstored.stop()
+    time.sleep(0.3)
+    sim.xenstored.start()
+    rid2 = daemon.call("reserve_memory", "t", sid, 64 * MIB)
+    daemon.call("delete_reservation", "t", sid, rid)
+    daemon.call("delete_reservation", "t", sid, rid2)
+    assert daemon.call("get_state", "t")["reservations"] == []
+
+
+def test_stuck_guest_over_the_socket(sim, daemon):
+    sim.guests[1].driver = Stuck()
+    sim.guests[2].driver = Stuck()
+    sid = daemon.call("login", "t", "xenopsd")
+    with pytest.raises(Exception) as e:
+        daemon.call("reserve_memory", "t", sid, 1 * GIB)
+    assert getattr(e.value, "name", "") == "Domains_refused_to_cooperate"
+    assert sorted(e.value.domids) == [1, 2]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        daemon.call("balance_memory", "poke")  # reads the host, updating the flags
+        if sim.xenstored.read("/local/domain/1/memory/uncooperative") is not None:
+            break
+        time.sleep(0.1)
+    assert sim.xenstored.read("/local/domain/1/memory/uncooperative") is not None
+
+
+def test_32_concurrent_clients_lose_nothing(sim, daemon):
+    free_before = daemon.call("get_state", "t")["host"]["free_kib"]
+    failures = []
+    made = []
+
+    def worker(i: int) -> None:
+        try:
+            sid = f"client-{i}"
+            daemon.call("login", "t", sid)
+            for j in range(4):
+                rid = daemon.call("reserve_memory", f"t{i}.{j}", sid, 1 * MIB)
+                made.append(rid)
+                daemon.call("transfer_reservation_to_domain", "t", sid, rid, 1000 + i)
+                assert daemon.call("query_reservation_of_domain", "t", sid, 1000 + i) == rid
+                daemon.call("delete_reservation", "t", sid, rid)
+        except Exception as e:
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures, failures[:3]
+    assert len(set(made)) == 32 * 4
+    state = daemon.call("get_state", "t")
+    assert state["reservations"] == []
+    assert abs(state["host"]["free_kib"] - free_before) < 8 * MIB
+
+
+def test_not_a_dom0_fails_cleanly(short_tmp):
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "SQUEEZED_SIM_XC_STATE"}
+    r = subprocess.run(
+        [sys.executable, "-m", "squeezed.daemon", "--config", "/dev/null",
+         "--config-dir", str(short_tmp), "--pidfile", "", "--log", "stderr",
+         "--socket", str(short_tmp / "m"), "--json-socket", str(short_tmp / "mj")],
+        capture_output=True, text=True, timeout=30, env=env,
+    )
+    assert r.returncode == 1
+    assert "cannot open the Xen control interface" in r.stderr
+    assert "is this a Xen dom0?" in r.stderr
+    assert not os.path.exists(short_tmp / "m")  # nothing half-started
