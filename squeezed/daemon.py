@@ -22,7 +22,6 @@ from typing import Any
 
 from squeezed import __version__, systemd
 from squeezed.config import ConfigError, apply_reloadable, format_config, help_text, load
-from squeezed.engine.operations import EngineConfig
 from squeezed.logsetup import set_level, setup_logging
 from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
 from squeezed.sim.scenario import ScenarioError
@@ -77,17 +76,6 @@ class PidLockContext:
     def __exit__(self, *exc: Any) -> None:
         if self._cm is not None:
             self._cm.__exit__(*exc)
-
-
-def engine_config(cfg: Any) -> EngineConfig:
-    return EngineConfig(
-        reserve_kib=cfg.host_reserved_kib,
-        tolerance_kib=cfg.balance_tolerance_kib,
-        stuck_after_s=cfg.stuck_after_s,
-        uncooperative_after_s=cfg.uncooperative_after_s,
-        min_poll_s=cfg.poll_min_s,
-        max_poll_s=cfg.poll_max_s,
-    )
 
 
 class Daemon:
@@ -220,7 +208,7 @@ class Daemon:
                 os.unlink(initial.path)  # a fresh simulated host each time
         initial.load_persisted()
         self.service = MemoryService(
-            self.host, engine_config(self.cfg),
+            self.host, self.cfg.engine_config(),
             Dom0Policy(self.cfg.manage_domain_zero, self.cfg.domain_zero_dynamic_min_bytes,
                        self.cfg.domain_zero_dynamic_max_bytes),
             initial, self.host.dom0_total_bytes,
@@ -283,7 +271,7 @@ class Daemon:
         systemd.ready("serving")
         set_level(self.cfg.loglevel)
         if self.service is not None:
-            self.service.cfg = engine_config(self.cfg)
+            self.service.cfg = self.cfg.engine_config()
         if self.host is not None:
             self.host.uncooperative_after_s = self.cfg.uncooperative_after_s
 

@@ -109,15 +109,16 @@ def change_host_free_memory(
 
     `aim_kib` is the host free memory the policy aims at, `success` the final
     condition on host free memory, `need_kib` (if any) the least free memory
-    that satisfies it: used for the fast path and to fail fast when even
-    every balloonable domain at dynamic_min could not provide it.
+    that satisfies it: used to fail fast when even every balloonable domain
+    at dynamic_min could not provide it. The fast path needs the aim too, so
+    that a range reservation gets its proportional share, not just its min.
     """
     stats = OpStats()
     start_s = io.now()
     host = io.snapshot()
     balloonable = [d for d in host.domains if d.can_balloon]
     if need_kib is not None:
-        if host.free_mem_kib >= need_kib and all(d.hit_target for d in balloonable):
+        if host.free_mem_kib >= max(need_kib, aim_kib) and all(d.hit_target for d in balloonable):
             return stats  # fast path: enough is free and nothing is moving
         if max_free_kib(host.free_mem_kib, balloonable) < need_kib:
             log.info(

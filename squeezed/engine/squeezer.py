@@ -46,6 +46,10 @@ class StucknessMonitor:
             delta_kib = d.memory_actual_kib - p.last_actual_kib
             p.last_actual_kib = d.memory_actual_kib
             if d.hit_target:
+                # No work, so no lack of progress: the stuck clock restarts when
+                # work appears, or a domain idle > stuck_after_s would be declared
+                # stuck on the first poll after its target moves.
+                p.last_progress_s = now_s
                 continue
             must_free = d.memory_actual_kib > d.target_kib
             if (delta_kib < 0 and must_free) or (delta_kib > 0 and not must_free):
