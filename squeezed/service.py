@@ -35,7 +35,7 @@ log = logging.getLogger("squeezed.service")
 DEFAULT_SESSION = "default"  # the session of the sessionless Memory.* dialect
 INT64_MAX = 2**63 - 1
 _DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib", "dynamic_max_kib",
-                        "memory_actual_kib", "memory_max_kib", "uncooperative")
+                        "memory_actual_kib", "memory_max_kib")
 
 
 @dataclass(frozen=True)
@@ -318,7 +318,6 @@ class MemoryService:
                 for r in st["reservations"]
             ],
             "domains": [{k: d[k] for k in _DOMAIN_STATE_FIELDS} for d in st["domains"]],
-            "operation_running": st["operation_running"],
         }
 
     def _state(self) -> dict[str, Any]:
@@ -326,8 +325,8 @@ class MemoryService:
         facts = self.backend.describe()
         uncooperative = set(facts.get("uncooperative_domids", ()))
         return {
-            "host": {"free_kib": host.free_mem_kib, "reserved_kib": self.cfg.reserve_kib,
-                     **{k: v for k, v in facts.items() if isinstance(v, int)}},
+            "host": {"free_kib": host.free_mem_kib, "reserved_kib": self.cfg.reserve_kib},
+            "facts": {k: v for k, v in facts.items() if isinstance(v, int)},
             "reservations": [
                 {"session": r.session, "reservation_id": r.reservation_id, "kib": r.kib,
                  "in_transfer_domid": r.in_transfer_domid}
@@ -346,7 +345,7 @@ class MemoryService:
 
     def get_diagnostics(self, dbg: str) -> str:
         st = self._state()
-        h = st["host"]
+        h = {**st["host"], **st["facts"]}
         lines = [f"squeezed {__version__} instance {self.instance_id}"]
         lines.append("host: " + " ".join(f"{k}={v}" for k, v in sorted(h.items())
                                           if not isinstance(v, list | tuple | dict)))
