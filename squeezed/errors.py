@@ -129,5 +129,5 @@ def from_wire(value: Any) -> MemoryError_:
         if name == "Unknown_error":
             return UnknownError()
     except (TypeError, ValueError, IndexError):
-        pass
-    return InternalError(f"unrecognised error from server: {value!r}")
+        return InternalError(f"malformed {name} error from server: {value!r}")
+    return UnknownError()  # as rpclib does for a constructor it does not know

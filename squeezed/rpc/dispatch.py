@@ -1,0 +1,281 @@
+"""Dispatch decoded calls to the service, as the IDL says.
+
+`Dispatcher.call(method, params)` checks arity, converts every parameter to its
+IDL type (untyped XML-RPC strings become int64 where the IDL says int64, as
+rpclib's unmarshaller does), calls the service method named by the IDL's
+operation, and marshals the result back to a wire value. Any failure raises a
+`squeezed.errors.MemoryError_`; a malformed request is an `Internal_error`
+naming the method, the parameter and the value.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from squeezed import idl
+from squeezed.errors import InternalError, MemoryError_
+
+log = logging.getLogger("squeezed.rpc")
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+# IDL `int` is OCaml's native int, 63-bit on the 64-bit hosts squeezed runs
+# on; that is exactly what rpclib's int_of_rpc accepts there.
+INT_MIN, INT_MAX = -(1 << 62), (1 << 62) - 1
+_DECIMAL = re.compile(r"[+-]?[0-9]{1,40}")
+
+
+class TypeMismatch(ValueError):
+    """A value does not fit its IDL type (the message says why)."""
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _to_int(v: Any, lo: int, hi: int, tname: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | str):
+        raise TypeMismatch(f"must be an {tname}, got {_short(v)}")
+    if isinstance(v, str):
+        if not _DECIMAL.fullmatch(v):
+            raise TypeMismatch(f"must be an {tname}, got {_short(v)}")
+        v = int(v)
+    if not lo <= v <= hi:
+        raise TypeMismatch(f"is out of {tname} range: {v}")
+    return v
+
+
+def convert_param(ptype: str, v: Any) -> Any:
+    """Wire value -> Python value of a basic IDL type (raises TypeMismatch)."""
+    if ptype == "string":
+        if not isinstance(v, str):
+            raise TypeMismatch(f"must be a string, got {_short(v)}")
+        return v
+    if ptype == "int64":
+        return _to_int(v, INT64_MIN, INT64_MAX, "int64")
+    if ptype == "int":
+        return _to_int(v, INT_MIN, INT_MAX, "int")
+    if ptype == "bool":
+        if not isinstance(v, bool):
+            raise TypeMismatch(f"must be a bool, got {_short(v)}")
+        return v
+    if ptype == "float":
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise TypeMismatch(f"must be a float, got {_short(v)}")
+        try:
+            return float(v)
+        except ValueError:
+            raise TypeMismatch(f"must be a float, got {_short(v)}") from None
+    raise TypeMismatch(f"has unsupported type {ptype}")
+
+
+def marshal(iface: idl.Interface, t: idl.TypeExpr, v: Any) -> Any:
+    """Python result -> wire value, following rpclib's Rpcmarshal rules:
+    tuple -> array, option -> the value or nothing, variant -> "Name" or
+    ["Name", contents], unit -> nil."""
+    r = iface.resolve(t)
+    if isinstance(r, str):
+        if r == "unit":
+            if v is not None:
+                raise TypeMismatch(f"expected nothing, got {_short(v)}")
+            return None
+        if r == "string":
+            if not isinstance(v, str):
+                raise TypeMismatch(f"expected a string, got {_short(v)}")
+            return v
+        if r in ("int64", "int"):
+            lo, hi = (INT64_MIN, INT64_MAX) if r == "int64" else (INT_MIN, INT_MAX)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise TypeMismatch(f"expected an {r}, got {_short(v)}")
+            return v
+        if r == "bool":
+            if not isinstance(v, bool):
+                raise TypeMismatch(f"expected a bool, got {_short(v)}")
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise TypeMismatch(f"expected a float, got {_short(v)}")
+        return float(v)
+    if "tuple" in r:
+        ts = r["tuple"]
+        if not isinstance(v, tuple | list) or len(v) != len(ts):
+            raise TypeMismatch(f"expected a {len(ts)}-tuple, got {_short(v)}")
+        return [marshal(iface, ti, vi) for ti, vi in zip(ts, v, strict=True)]
+    if "list" in r:
+        if not isinstance(v, tuple | list):
+            raise TypeMismatch(f"expected a list, got {_short(v)}")
+        return [marshal(iface, r["list"], x) for x in v]
+    if "option" in r:
+        return None if v is None else marshal(iface, r["option"], v)
+    if "struct" in r:
+        if not isinstance(v, dict):
+            raise TypeMismatch(f"expected a struct, got {_short(v)}")
+        fields = r["struct"]
+        extra = set(v) - {f["name"] for f in fields}
+        if extra:
+            raise TypeMismatch(f"unexpected struct fields {sorted(extra)}")
+        out: dict[str, Any] = {}
+        for f in fields:
+            ft = iface.resolve(f["type"])
+            optional = isinstance(ft, dict) and "option" in ft
+            if f["name"] not in v or (optional and v[f["name"]] is None):
+                if optional:
+                    continue  # rpclib omits an absent option field
+                raise TypeMismatch(f"missing struct field {f['name']!r}")
+            out[f["name"]] = marshal(iface, f["type"], v[f["name"]])
+        return out
+    # variant: the service returns "Name" or ("Name", contents)
+    if isinstance(v, str):
+        name, contents = v, None
+    elif isinstance(v, tuple | list) and len(v) == 2 and isinstance(v[0], str):
+        name, contents = v
+    else:
+        raise TypeMismatch(f"expected a variant, got {_short(v)}")
+    for c in r["variant"]:
+        if c["name"] == name:
+            if c["contents"] is None:
+                if contents is not None:
+                    raise TypeMismatch(f"{name} takes no contents")
+                return name
+            return [name, marshal(iface, c["contents"], contents)]
+    raise TypeMismatch(f"expected one of {[c['name'] for c in r['variant']]}, got {_short(v)}")
+
+
+def unmarshal(iface: idl.Interface, t: idl.TypeExpr, v: Any) -> Any:
+    """Wire value -> Python value of IDL type t, as rpclib's client does
+    (untyped XML-RPC "1024" becomes 1024 where t says int64). Tuples and
+    variants with contents come back as lists. Raises TypeMismatch."""
+    r = iface.resolve(t)
+    if isinstance(r, str):
+        if r == "unit":
+            if v is not None:
+                raise TypeMismatch(f"expected nothing, got {_short(v)}")
+            return None
+        return convert_param(r, v)
+    if "tuple" in r:
+        ts = r["tuple"]
+        if not isinstance(v, list) or len(v) != len(ts):
+            raise TypeMismatch(f"expected a {len(ts)}-tuple, got {_short(v)}")
+        return [unmarshal(iface, ti, vi) for ti, vi in zip(ts, v, strict=True)]
+    if "list" in r:
+        if not isinstance(v, list):
+            raise TypeMismatch(f"expected a list, got {_short(v)}")
+        return [unmarshal(iface, r["list"], x) for x in v]
+    if "option" in r:
+        return None if v is None else unmarshal(iface, r["option"], v)
+    if "struct" in r:
+        if not isinstance(v, dict):
+            raise TypeMismatch(f"expected a struct, got {_short(v)}")
+        known = {f["name"]: f["type"] for f in r["struct"]}
+        # unknown fields pass through untouched: a newer server may add some
+        return {k: unmarshal(iface, known[k], x) if k in known else x for k, x in v.items()}
+    if isinstance(v, str):
+        name, contents = v, None
+    elif isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
+        name, contents = v
+    else:
+        raise TypeMismatch(f"expected a variant, got {_short(v)}")
+    for c in r["variant"]:
+        if c["name"].lower() == name.lower():  # rpclib matches tags case-insensitively
+            if c["contents"] is None:
+                return c["name"]
+            return [c["name"], unmarshal(iface, c["contents"], contents)]
+    raise TypeMismatch(f"unknown variant {name!r}")
+
+
+class Dispatcher:
+    """Calls `service.<operation>(...)` for each IDL method.
+
+    The service has one Python method per operation (see `operations()`), and
+    raises `MemoryError_` subclasses; any other exception is logged with its
+    traceback and becomes `Internal_error` carrying its message.
+    """
+
+    def __init__(
+        self, service: Any, interface: idl.Interface | None = None, *, strict: bool = True
+    ) -> None:
+        self.service = service
+        self.interface = interface if interface is not None else idl.load()
+        self._methods = {m.name: m for m in self.interface.methods}
+        missing = self.missing_operations()
+        if strict and missing:
+            raise TypeError(f"service {type(service).__name__} lacks operations: {missing}")
+
+    @property
+    def methods(self) -> list[str]:
+        """The wire names served (exactly the IDL's)."""
+        return list(self._methods)
+
+    def operations(self) -> dict[str, list[str]]:
+        return self.interface.operations()
+
+    def missing_operations(self) -> list[str]:
+        return sorted(
+            op for op in self.operations() if not callable(getattr(self.service, op, None))
+        )
+
+    def bind(self, method: str, params: list[Any]) -> tuple[idl.Method, list[Any]]:
+        """Check and convert the params of a call (raises InternalError)."""
+        m = self._methods.get(method)
+        if m is None:
+            raise InternalError(f"unknown method: {method}")
+        if not isinstance(params, list):
+            raise InternalError(f"{method}: params must be a list")
+        names = m.param_names
+        # The named form: one struct whose members are the parameter names.
+        # No parameter of this interface is a struct, so this is unambiguous.
+        if len(params) == 1 and isinstance(params[0], dict):
+            members: dict[str, Any] = params[0]
+            missing = [n for n in names if n not in members]
+            extra = sorted(k for k in members if k not in names)
+            if missing or extra:
+                what = []
+                if missing:
+                    what.append("missing " + ", ".join(missing))
+                if extra:
+                    what.append("unexpected " + ", ".join(map(str, extra)))
+                raise InternalError(
+                    f"{method} expects members ({', '.join(names)}): {'; '.join(what)}"
+                )
+            params = [members[n] for n in names]
+        elif len(params) != len(names):
+            raise InternalError(
+                f"{method} expects {len(names)} parameter{'s' if len(names) != 1 else ''}"
+                f" ({', '.join(names)}), got {len(params)}"
+            )
+        out = []
+        for p, v in zip(m.params, params, strict=True):
+            try:
+                out.append(convert_param(p.type, v))
+            except TypeMismatch as e:
+                raise InternalError(f"{method}: parameter {p.name} {e}") from None
+        return m, out
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        """Run one call; returns the wire result or raises MemoryError_."""
+        m, args = self.bind(method, params)
+        by_name = dict(zip(m.param_names, args, strict=True))
+        sargs = [a.value if isinstance(a, idl.Const) else by_name[a] for a in m.args]
+        fn: Callable[..., Any] | None = getattr(self.service, m.operation, None)
+        if not callable(fn):
+            raise InternalError(f"{method}: not implemented by this daemon")
+        log.debug("%s %s", method, _short(args))
+        try:
+            result = fn(*sargs)
+        except MemoryError_:
+            raise
+        except Exception as e:  # noqa: BLE001 - the wire must get an answer
+            log.exception("%s failed with an unexpected exception", method)
+            raise InternalError(str(e) or type(e).__name__) from e
+        if m.result_index is not None:
+            if not isinstance(result, tuple | list) or len(result) <= m.result_index:
+                log.error("%s: service returned %r", m.operation, result)
+                raise InternalError(f"{method}: service returned an invalid result")
+            result = result[m.result_index]
+        try:
+            return marshal(self.interface, m.result, result)
+        except TypeMismatch as e:
+            log.error("%s: service returned %r: %s", method, result, e)
+            raise InternalError(f"{method}: service returned an invalid result: {e}") from None
