@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-
 from daemon_harness import GIB, MIB, DaemonProcess, make_sim
+
 from squeezed.errors import UnknownReservation
 from squeezed.sim.drivers import Ideal, Stuck
 

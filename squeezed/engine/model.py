@@ -29,8 +29,15 @@ class Domain:
     def min_freeable_kib(self) -> int:
         """What setting target = dynamic_min surely frees, allowing for the
         driver stopping up to inaccuracy short of its target (twice: once
-        for where it is now and once for where it will stop)."""
-        return max(0, self.memory_actual_kib - self.dynamic_min_kib - 2 * self.inaccuracy_kib)
+        for where it is now and once for where it will stop).
+
+        Negative within 2*inaccuracy of dynamic_min. It must stay linear in
+        memory_actual above dynamic_min: a move there then changes host free
+        memory and this by opposite amounts, leaving the policy's surplus (so
+        every target) unchanged. Clamped at 0 instead, a domain's own moves fed
+        back into its own target, and a lone domain near dynamic_min chased
+        its tail forever."""
+        return max(0, self.memory_actual_kib - self.dynamic_min_kib) - 2 * self.inaccuracy_kib
 
     @property
     def hit_target(self) -> bool:
