@@ -21,17 +21,22 @@ def max_free_kib(free_mem_kib: int, domains: Iterable[Domain]) -> int:
 
 
 def proportional_targets(
-    free_mem_kib: int, domains: Iterable[Domain], host_target_kib: int
+    free_mem_kib: int,
+    domains: Iterable[Domain],
+    host_target_kib: int,
+    max_free: int | None = None,
 ) -> dict[int, int]:
-    """Balloon target per domid for the given (active) domains."""
+    """Balloon target per domid for the given (active) domains. `max_free`
+    is `max_free_kib(free_mem_kib, domains)` when the caller has it already."""
     domains = list(domains)
-    surplus_kib = max(0, max_free_kib(free_mem_kib, domains) - host_target_kib)
-    total_range_kib = sum(d.range_kib for d in domains)
-    targets: dict[int, int] = {}
-    for d in domains:
-        if surplus_kib >= total_range_kib:
-            share = d.range_kib  # gamma clamped to 1
-        else:
-            share = d.range_kib * surplus_kib // total_range_kib
-        targets[d.domid] = d.dynamic_min_kib + share
-    return targets
+    if max_free is None:
+        max_free = max_free_kib(free_mem_kib, domains)
+    surplus_kib = max(0, max_free - host_target_kib)
+    ranges = [d.range_kib for d in domains]
+    total_range_kib = sum(ranges)
+    if surplus_kib >= total_range_kib:  # gamma clamped to 1
+        return {d.domid: d.dynamic_min_kib + r for d, r in zip(domains, ranges, strict=True)}
+    return {
+        d.domid: d.dynamic_min_kib + r * surplus_kib // total_range_kib
+        for d, r in zip(domains, ranges, strict=True)
+    }

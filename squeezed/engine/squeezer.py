@@ -116,31 +116,29 @@ class Squeezer:
         declared_active = tuple(sorted(self.inactive & active_ids))
         self.inactive = inactive_ids
 
-        targets = proportional_targets(host.free_mem_kib, active, host_target_kib)
-        freeing: list[Action] = []
-        allocating: list[Action] = []
+        max_free = max_free_kib(host.free_mem_kib, active)
+        targets = proportional_targets(host.free_mem_kib, active, host_target_kib, max_free)
+        freeing: list[tuple[Domain, int]] = []
+        allocating: list[tuple[Domain, int]] = []
         for d in active:
             t = targets[d.domid]
-            a = Action(d.domid, t)
             # Freeing = the driver will have to give memory back to reach t.
-            if t < d.memory_actual_kib - d.inaccuracy_kib:
-                freeing.append(a)
-            else:
-                allocating.append(a)
+            (freeing if t < d.memory_actual_kib - d.inaccuracy_kib else allocating).append((d, t))
         # Two phases: never ask anyone to allocate while someone still has to
         # free, or an allocation could race a free and eat the kept reserve.
         allocation_phase = not freeing
         chosen = (freeing + allocating) if not self.two_phase else (
             allocating if allocation_phase else freeing
         )
-        by_id = {d.domid: d for d in active}
-        changes = tuple(a for a in chosen if by_id[a.domid].target_kib != a.new_target_kib)
-        all_reached = all(d.hit_target for d in active)
+        changes = tuple(Action(d.domid, t) for d, t in chosen if d.target_kib != t)
+        all_reached = all(
+            abs(d.memory_actual_kib - d.target_kib) <= d.inaccuracy_kib for d in active
+        )
         common = dict(
             declared_inactive=declared_inactive,
             declared_active=declared_active,
             active=active_ids,
-            max_free_kib=max_free_kib(host.free_mem_kib, active),
+            max_free_kib=max_free,
             allocating=allocation_phase,
         )
         if changes or not all_reached:
