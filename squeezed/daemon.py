@@ -223,9 +223,12 @@ class Daemon:
         log.info("squeezed %s ready%s", __version__,
                  f" (simulated host in {self.run_dir})" if self.sim else "")
         if self.sim is not None:
-            print(f"squeezed: simulated Xen host in {self.run_dir}; XML-RPC on "
-                  f"{self._path('socket', 'memory')}\n  try: squeezectl --socket "
-                  f"{self._path('socket', 'memory')} diagnostics", file=sys.stderr, flush=True)
+            ctl = Path(sys.executable).with_name("squeezectl")
+            ctl_cmd = str(ctl) if ctl.exists() else "squeezectl"
+            sock = self._path("socket", "memory")
+            print(f"squeezed: simulated Xen host in {self.run_dir}; XML-RPC on {sock}\n"
+                  f"  try: {ctl_cmd} --socket {sock} diagnostics   (state, reserve-range ...)",
+                  file=sys.stderr, flush=True)
         interval = systemd.watchdog_interval_s()
         if interval:
             systemd.Watchdog(interval, self.sup.healthy).start()
