@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from squeezed.engine.model import Host
 from squeezed.engine.operations import HostIO
 
 
@@ -29,6 +30,11 @@ class Backend(HostIO, Protocol):
     not exist (yet); a transferred reservation whose domain exists counts
     through that domain's unallocated initial-reservation instead, never both.
     """
+
+    def observe(self) -> Host:
+        """Like snapshot() but without side effects or waiting: for queries
+        that run beside an operation."""
+        ...
 
     def reservations(self) -> list[Reservation]: ...
 

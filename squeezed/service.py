@@ -177,7 +177,13 @@ class MemoryService:
         untransferred reservation the previous incarnation left behind."""
         with self._table_lock:
             for r in self.backend.reservations():
-                if r.session == service_name and r.in_transfer_domid is None:
+                if r.session != service_name:
+                    continue
+                # Untransferred ones belong to the previous incarnation; ones
+                # transferred to a domain that is gone would count for ever.
+                if r.in_transfer_domid is None or not self.backend.domain_exists(
+                    r.in_transfer_domid
+                ):
                     self.backend.remove_reservation(r.session, r.reservation_id)
                     log.info("login %s: dropped stale reservation %s (%d KiB) [dbg %s]",
                              service_name, r.reservation_id, r.kib, dbg)
@@ -321,7 +327,7 @@ class MemoryService:
         }
 
     def _state(self) -> dict[str, Any]:
-        host = self.backend.snapshot()
+        host = self.backend.observe()
         facts = self.backend.describe()
         uncooperative = set(facts.get("uncooperative_domids", ()))
         return {

@@ -58,6 +58,7 @@ class DaemonProcess:
             "--xenstored-socket", self.sim.xenstored_path,
             "--libxenctrl", str(self.sim.libxenctrl_path),
             "--stuck-after", "0.5", "--uncooperative-after", "1",
+            "--balance-check-interval", "0.3",
             *self.extra,
         ]
 

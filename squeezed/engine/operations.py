@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from squeezed.engine.model import Domain, Host
-from squeezed.engine.policy import max_free_kib, proportional_targets
+from squeezed.engine.policy import proportional_targets
 from squeezed.engine.squeezer import DEFAULT_STUCK_AFTER_S, Squeezer, StucknessMonitor, Verdict
 from squeezed.errors import (
     CannotFreeThisMuchMemory,
@@ -120,10 +120,15 @@ def change_host_free_memory(
     if need_kib is not None:
         if host.free_mem_kib >= max(need_kib, aim_kib) and all(d.hit_target for d in balloonable):
             return stats  # fast path: enough is free and nothing is moving
-        if max_free_kib(host.free_mem_kib, balloonable) < need_kib:
+        # Fail fast only when it is surely impossible: everything above every
+        # balloonable domain's dynamic_min, with no allowance for inaccuracy.
+        ceiling_kib = host.free_mem_kib + sum(
+            max(0, d.memory_actual_kib - d.dynamic_min_kib) for d in balloonable
+        )
+        if ceiling_kib < need_kib:
             log.info(
                 "cannot free %d KiB: %d KiB free, at most %d KiB with every domain at dynamic_min",
-                need_kib, host.free_mem_kib, max_free_kib(host.free_mem_kib, balloonable),
+                need_kib, host.free_mem_kib, ceiling_kib,
             )
             raise CannotFreeThisMuchMemory(aim_kib, host.free_mem_kib)
 

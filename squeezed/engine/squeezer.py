@@ -127,9 +127,18 @@ class Squeezer:
         # Two phases: never ask anyone to allocate while someone still has to
         # free, or an allocation could race a free and eat the kept reserve.
         allocation_phase = not freeing
-        chosen = (freeing + allocating) if not self.two_phase else (
-            allocating if allocation_phase else freeing
-        )
+        if not self.two_phase:
+            chosen = freeing + allocating
+        elif allocation_phase:
+            chosen = allocating
+        else:
+            # A domain still allocating towards an older, higher target is
+            # held where it is: nothing may allocate while others must free.
+            chosen = freeing + [
+                (d, min(d.dynamic_max_kib, max(d.dynamic_min_kib, d.memory_actual_kib)))
+                for d, _ in allocating
+                if d.target_kib > d.memory_actual_kib + d.inaccuracy_kib
+            ]
         changes = tuple(Action(d.domid, t) for d, t in chosen if d.target_kib != t)
         all_reached = all(
             abs(d.memory_actual_kib - d.target_kib) <= d.inaccuracy_kib for d in active

@@ -193,6 +193,10 @@ class SimulatedHost:
         with self._lock:
             self._advance_to(self.clock.now())
 
+    def observe(self) -> Host:
+        """Queries see the same host (a simulated snapshot has no side effects)."""
+        return self.snapshot()
+
     def snapshot(self) -> Host:
         with self._lock:
             self._advance_to(self.clock.now())

@@ -145,9 +145,11 @@ class SimulatedXenHost:
             self.guests[domid] = g
         self._write_policy(domid, domain_type, target_kib, dynamic_min_kib, dynamic_max_kib,
                            max(dynamic_max_kib, target_kib))
+        self.xenstored.write(f"/local/domain/{domid}/memory/memory-offset", str(offset_kib))
         if can_balloon:
-            self.xenstored.write(f"/local/domain/{domid}/memory/memory-offset", str(offset_kib))
             self.xenstored.write(f"/local/domain/{domid}/control/feature-balloon", "1")
+        else:  # booted, with a guest agent but no balloon driver
+            self.xenstored.write(f"/local/domain/{domid}/data/updated", "1")
         self.xenstored.introduce_domain(domid)
         return g
 
@@ -275,7 +277,7 @@ class SimulatedXenHost:
         # Built: the guest boots. What the builder gave beyond the target
         # (e.g. firmware, video RAM) is invisible to its balloon driver.
         target_kib = self._targets.get(g.domid, tot_kib)
-        g.offset_kib = max(0, tot_kib - target_kib)
+        g.offset_kib = tot_kib - target_kib  # as squeezed calibrates it; may be negative
         g.booted = True
         self.hv.set_state(g.domid, paused=False)
         base = f"/local/domain/{g.domid}"

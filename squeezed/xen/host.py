@@ -83,8 +83,12 @@ class XenHost:
         self.uncooperative_after_s = uncooperative_after_s
         self._clock = clock
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the key cache and the cooperation table
+        # Held across a snapshot's accounting and across a transfer, so that a
+        # reservation is seen either before its transfer or after, never half.
+        self._accounting = threading.RLock()
         self._cache: dict[int, _Cached] = {}
+        self._types: dict[int, str] = {}  # domain-type as last resolved
         self._watching = False  # True while a watcher keeps the cache fresh
         self._last_cooperative_s: dict[int, float] = {}
         self._uncooperative: set[int] = set()
@@ -122,9 +126,10 @@ class XenHost:
         with self._lock:
             for domid in [d for d in self._cache if d not in live]:
                 del self._cache[domid]
-        for domid in [d for d in self._last_cooperative_s if d not in live]:
-            del self._last_cooperative_s[domid]
-            self._uncooperative.discard(domid)
+                self._types.pop(domid, None)
+            for domid in [d for d in self._last_cooperative_s if d not in live]:
+                self._last_cooperative_s.pop(domid, None)
+                self._uncooperative.discard(domid)
 
     # -- watches (run by the daemon's supervised watcher thread) -------------
 
@@ -206,7 +211,26 @@ class XenHost:
         return phys
 
     def snapshot(self) -> Host:
+        """The host for an operation: waits for the scrubber, calibrates new
+        domains' offsets, keeps the uncooperative flags and lowers maxmem."""
         self._wait_for_scrubber()
+        host, all_domids = self._read_host(calibrate=True)
+        self._update_cooperative(host, all_domids)
+        for d in host.domains:
+            if d.can_balloon and d.domid != 0 and d.memory_max_kib > d.target_kib:
+                self.set_maxmem(d.domid, d.target_kib)  # always safe to lower
+        return host
+
+    def observe(self) -> Host:
+        """The host for queries and diagnostics: no waiting, no writes, so
+        it can run beside an operation without disturbing it."""
+        return self._read_host(calibrate=False)[0]
+
+    def _read_host(self, calibrate: bool) -> tuple[Host, set[int]]:
+        with self._accounting:
+            return self._read_host_locked(calibrate)
+
+    def _read_host_locked(self, calibrate: bool) -> tuple[Host, set[int]]:
         infos = self.xc.domain_list()
         all_domids = {di.domid for di in infos}
         reserved_kib = 0
@@ -215,7 +239,7 @@ class XenHost:
             if di.dying or (di.domid == 0 and not self.manage_domain_zero):
                 continue
             try:
-                d, unaccounted_kib = self._domain(di)
+                d, unaccounted_kib = self._domain(di, calibrate)
             except _Gone:
                 continue
             if d is not None:
@@ -234,15 +258,13 @@ class XenHost:
             free_kib + scrub_kib - reserved_kib,
             detail=f"F{free_kib} S{scrub_kib} R{reserved_kib} T{phys.total_pages * PAGE_KIB}",
         )
-        self._update_cooperative(host, all_domids)
-        for d in domains:
-            if d.can_balloon and d.domid != 0 and d.memory_max_kib > d.target_kib:
-                self.set_maxmem(d.domid, d.target_kib)  # always safe to lower
-        return host
+        return host, all_domids
 
-    def _domain(self, di: Any) -> tuple[Domain | None, int]:
+    def _domain(self, di: Any, calibrate: bool) -> tuple[Domain | None, int]:
         keys = self._keys(di.domid)
         dtype = self._domain_type(keys, di.hvm)
+        with self._lock:
+            self._types[di.domid] = dtype
         overhead_kib = xen_overhead_kib(dtype)
         actual_raw_kib = di.tot_pages * PAGE_KIB
         maxmem_raw_kib = di.max_pages * PAGE_KIB
@@ -257,7 +279,9 @@ class XenHost:
                     shadow_kib = self.xc.shadow_allocation_mib(di.domid) * 1024
                 except Exception:
                     shadow_kib = 0
-            initial_kib = _int(keys.get("memory/initial-reservation")) or 0
+            # Read fresh, not from the cache: a transfer may have just written it.
+            initial_kib = _int(self.xs.read(f"{domain_path(di.domid)}/memory/initial-reservation"))
+            initial_kib = initial_kib or 0
             unaccounted_kib = max(0, initial_kib - actual_raw_kib - shadow_kib)
             pinned_kib = max(0, maxmem_raw_kib - overhead_kib)
             return Domain(
@@ -268,6 +292,8 @@ class XenHost:
             return None, 0
         offset_kib = _int(keys.get("memory/memory-offset"))
         if offset_kib is None:
+            if not calibrate:
+                return None, 0  # a query does not calibrate: the next operation will
             offset_kib = self._calibrate_offset(di.domid, target_kib)
             if offset_kib is None:
                 return None, 0
@@ -294,35 +320,61 @@ class XenHost:
         fresh = [di for di in self.xc.domain_list() if di.domid == domid]
         if not fresh:
             return None
-        offset_kib = fresh[0].tot_pages * PAGE_KIB - target_kib
-        log.info("domain %d booted; calibrating memory-offset = %d KiB", domid, offset_kib)
-        self._write_domain_key(domid, "memory/memory-offset", str(offset_kib))
+        measured_kib = fresh[0].tot_pages * PAGE_KIB - target_kib
+        base = domain_path(domid)
+
+        def txn(t: Any) -> int | None:
+            # Once only: if an offset is there already (our cache was stale), keep it.
+            if t.read(base) is None:
+                return None
+            stored = _int(t.read(f"{base}/memory/memory-offset"))
+            if stored is not None:
+                return stored
+            t.write(f"{base}/memory/memory-offset", str(measured_kib))
+            return measured_kib
+
+        try:
+            offset_kib = self.xs.transaction(txn)
+        except Exception as e:  # destroyed meanwhile
+            log.debug("calibrating domain %d skipped: %s", domid, e)
+            return None
+        if offset_kib is not None:
+            log.info("domain %d booted; memory-offset = %d KiB", domid, offset_kib)
+            self._set_cached(domid, "memory/memory-offset", str(offset_kib))
         return offset_kib
 
     def _update_cooperative(self, host: Host, all_domids: set[int]) -> None:
         now = self._clock()
-        for d in host.domains:
-            if d.domid not in self._last_cooperative_s or not d.can_balloon or d.hit_target:
-                self._last_cooperative_s[d.domid] = now
-        for domid, last in list(self._last_cooperative_s.items()):
-            if domid not in all_domids:
-                del self._last_cooperative_s[domid]
-                self._uncooperative.discard(domid)
-                continue
-            bad = now - last > self.uncooperative_after_s
-            if bad and domid not in self._uncooperative:
-                log.warning(
-                    "domain %d has missed its balloon target for over %.0f s: "
-                    "marking it uncooperative",
-                    domid,
-                    self.uncooperative_after_s,
-                )
-                self._write_domain_key(domid, "memory/uncooperative", "")
-                self._uncooperative.add(domid)
-            elif not bad and domid in self._uncooperative:
-                log.info("domain %d cooperates again", domid)
-                self._rm_domain_key(domid, "memory/uncooperative")
-                self._uncooperative.discard(domid)
+        mark: list[int] = []
+        clear: list[int] = []
+        with self._lock:
+            for d in host.domains:
+                if d.domid not in self._last_cooperative_s:
+                    # First sight (also after a restart): trust xenstore's flag.
+                    c = self._cache.get(d.domid)
+                    if c is not None and c.keys.get("memory/uncooperative") is not None:
+                        self._uncooperative.add(d.domid)
+                if d.domid not in self._last_cooperative_s or not d.can_balloon or d.hit_target:
+                    self._last_cooperative_s[d.domid] = now
+            for domid, last in list(self._last_cooperative_s.items()):
+                if domid not in all_domids:
+                    self._last_cooperative_s.pop(domid, None)
+                    self._uncooperative.discard(domid)
+                    continue
+                bad = now - last > self.uncooperative_after_s
+                if bad and domid not in self._uncooperative:
+                    self._uncooperative.add(domid)
+                    mark.append(domid)
+                elif not bad and domid in self._uncooperative:
+                    self._uncooperative.discard(domid)
+                    clear.append(domid)
+        for domid in mark:
+            log.warning("domain %d has missed its balloon target for over %.0f s: "
+                        "marking it uncooperative", domid, self.uncooperative_after_s)
+            self._write_domain_key(domid, "memory/uncooperative", "")
+        for domid in clear:
+            log.info("domain %d cooperates again", domid)
+            self._rm_domain_key(domid, "memory/uncooperative")
 
     def _write_domain_key(self, domid: int, key: str, value: str) -> bool:
         """Write only if the domain still exists in xenstore: a write to a
@@ -362,8 +414,12 @@ class XenHost:
             return
         keys = self._keys(domid)
         offset_kib = _int(keys.get("memory/memory-offset")) or 0
-        hvm = keys.get("domain-type") in ("hvm", "pvh", "pv-in-pvh")
-        kib = maxmem_kib + offset_kib + (1024 if hvm else 0)
+        with self._lock:
+            dtype = self._types.get(domid)
+        if dtype is None:  # not seen by a snapshot yet (e.g. a transfer)
+            infos = [di for di in self.xc.domain_list() if di.domid == domid]
+            dtype = self._domain_type(keys, bool(infos and infos[0].hvm))
+        kib = maxmem_kib + offset_kib + xen_overhead_kib(dtype)
         try:
             self.xc.set_maxmem_kib(domid, kib)
         except Exception as e:  # destroyed meanwhile: drop it from this round
@@ -400,8 +456,10 @@ class XenHost:
             t.write(f"{base}/memory/reservation-id", r.reservation_id)
             t.write(f"{STATE_PATH}/{r.session}/{r.reservation_id}/in-transfer", str(domid))
 
-        self.xs.transaction(txn)
-        self._set_cached(domid, "memory/initial-reservation", str(r.kib))
+        with self._accounting:
+            self.xs.transaction(txn)
+            self._set_cached(domid, "memory/initial-reservation", str(r.kib))
+            self._set_cached(domid, "memory/reservation-id", r.reservation_id)
         self.set_maxmem(domid, r.kib)  # so the domain builder can allocate it
 
     def domain_reservation_id(self, domid: int) -> str | None:
@@ -412,12 +470,14 @@ class XenHost:
 
     def describe(self) -> dict[str, Any]:
         free_kib, scrub_kib, total_kib = self._last_phys
+        with self._lock:
+            uncooperative = sorted(self._uncooperative)
         return {
             "xen_free_kib": free_kib,
             "xen_scrub_kib": scrub_kib,
             "xen_total_kib": total_kib,
             "reservations_kib": self._last_reserved_kib,
-            "uncooperative_domids": sorted(self._uncooperative),
+            "uncooperative_domids": uncooperative,
         }
 
     # -- start-up ----------------------------------------------------------------
