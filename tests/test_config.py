@@ -498,7 +498,7 @@ def test_shipped_example_documents_every_key_with_its_default(tmp_path: Path) ->
     assert cfg == DEFAULTS and warnings == [] and all(o.kind == "file" for o in prov.values())
 
 
-@pytest.mark.parametrize("doc", ["docs/squeezed.8", "docs/operations.md"])
+@pytest.mark.parametrize("doc", ["docs/squeezed.8", "docs/operations.md", "README.md"])
 def test_documentation_mentions_every_key(doc: str) -> None:
     path = ROOT / doc
     text = path.read_text().replace("\\-", "-")
