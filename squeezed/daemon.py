@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -280,6 +281,10 @@ class Daemon:
 
     def shutdown(self) -> int:
         systemd.status("shutting down")
+        # The operation in flight was abandoned (its waits raise): let it
+        # unwind and its caller get the error reply before the sockets close.
+        if self.service is not None and self.service.wait_idle(10.0):
+            time.sleep(0.2)  # the reply is on its way out
         for s in self.servers:
             with contextlib.suppress(Exception):
                 s.shutdown()

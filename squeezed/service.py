@@ -256,6 +256,15 @@ class MemoryService:
     def balance_memory(self, dbg: str) -> None:
         self._squeeze("balance_memory", dbg, lambda: ops.balance(self.backend, self.cfg))
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait for the squeezing operation in flight (if any) to end; True if
+        one was running."""
+        if not self._op_lock.locked():
+            return False
+        if self._op_lock.acquire(timeout=timeout_s):
+            self._op_lock.release()
+        return True
+
     def balance_if_unbalanced(self) -> bool:
         """The periodic balancer's step; skipped while an operation runs."""
         if not self._op_lock.acquire(blocking=False):

@@ -195,3 +195,58 @@ def test_not_a_dom0_fails_cleanly(short_tmp):
     assert "cannot open the Xen control interface" in r.stderr
     assert "is this a Xen dom0?" in r.stderr
     assert not os.path.exists(short_tmp / "m")  # nothing half-started
+
+
+def test_sigterm_mid_operation_answers_the_caller_and_exits_0(short_tmp, sim):
+    d = DaemonProcess(short_tmp, sim, "--stuck-after", "60").start()
+    try:
+        sim.guests[1].driver = Stuck()
+        sim.guests[2].driver = Stuck()
+        sid = d.call("login", "t", "xenopsd")
+        replies = []
+
+        def reserve():
+            try:
+                replies.append(d.call("reserve_memory", "t", sid, 1 * GIB))
+            except Exception as e:
+                replies.append(e)
+
+        t = threading.Thread(target=reserve)
+        t.start()
+        time.sleep(1.0)  # squeezing, waiting on stuck drivers
+        d.signal(signal.SIGTERM)
+        assert d.wait() == 0
+        t.join(10)
+        assert len(replies) == 1
+        err = replies[0]
+        assert getattr(err, "name", "") == "Internal_error", err
+        assert "shutting down" in str(err)
+        assert not os.path.exists(d.socket) and not os.path.exists(d.pidfile)
+    finally:
+        d.stop()
+
+
+def test_daemon_mode_detaches_with_a_locked_pidfile(short_tmp, sim):
+    d = DaemonProcess(short_tmp, sim, "--daemon")
+    d.start(wait=False)
+    assert d.wait() == 0  # the parent returns once detached
+    d.proc = None
+    deadline = time.monotonic() + 20
+    while not os.path.exists(d.socket) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    d.call("get_host_reserved_memory", "detached")
+    pid = int(open(d.pidfile).read())
+    assert pid > 0 and os.path.exists(f"/proc/{pid}")
+    other_dir = short_tmp / "other"
+    other_dir.mkdir()
+    second = DaemonProcess(other_dir, sim, "--daemon")
+    second.pidfile = d.pidfile
+    second.start(wait=False)
+    assert second.wait() == 1
+    assert "another squeezed" in second.output()
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not os.path.exists(d.pidfile) and not os.path.exists(d.socket)

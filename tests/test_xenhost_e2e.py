@@ -165,3 +165,25 @@ def test_write_to_destroyed_domain_is_harmless(env):
     env.host.set_maxmem(2, 12345)
     assert env.xs.read("/local/domain/2") is None
     assert env.host.snapshot().domain(2) is None
+
+
+def test_manage_domain_zero_publishes_its_policy_and_balloons_it(short_tmp, monkeypatch):
+    e = Env(short_tmp, monkeypatch)
+    try:
+        host = XenHost(e.xc, e.xs, manage_domain_zero=True)
+        host.configure_domain_zero(512 * MIB * 1024, None)  # min 512 MiB, max "auto"
+        base = "/local/domain/0"
+        assert e.xs.read(f"{base}/memory/dynamic-min") == str(512 * MIB)
+        assert e.xs.read(f"{base}/memory/dynamic-max") == str(1 * GIB)  # its allocation
+        assert e.xs.read(f"{base}/memory/target") == str(1 * GIB)
+        assert e.xs.read(f"{base}/control/feature-balloon") == "1"
+        dom0 = host.snapshot().domain(0)
+        assert dom0 is not None and dom0.can_balloon
+        # "auto" keeps what an earlier run chose
+        e.xs.write(f"{base}/memory/dynamic-max", str(900 * MIB))
+        host.configure_domain_zero(512 * MIB * 1024, None)
+        assert e.xs.read(f"{base}/memory/dynamic-max") == str(900 * MIB)
+        # Without manage-domain-zero, domain 0 is left alone.
+        assert XenHost(e.xc, e.xs).snapshot().domain(0) is None
+    finally:
+        e.close()

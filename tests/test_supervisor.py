@@ -1,0 +1,83 @@
+"""Supervised threads: a crash is logged and the thread restarted with back-off."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from squeezed.supervisor import Supervisor
+
+
+def test_crashing_thread_is_restarted_with_its_traceback_logged(caplog):
+    sup = Supervisor(min_backoff_s=0.01, max_backoff_s=0.05)
+    runs = []
+    recovered = threading.Event()
+
+    def body(stop: threading.Event) -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError(f"boom {len(runs)}")
+        recovered.set()
+        stop.wait()
+
+    with caplog.at_level(logging.ERROR, logger="squeezed.supervisor"):
+        sup.spawn("worker", body)
+        assert recovered.wait(5)
+    assert len(runs) == 3
+    status = sup.status()["worker"]
+    assert status["restarts"] == 2 and status["alive"]
+    assert "RuntimeError: boom 2" in status["last_error"]
+    assert sum("thread worker crashed" in r.message for r in caplog.records) == 2
+    assert all(r.exc_info for r in caplog.records if "crashed" in r.message)
+    assert sup.healthy()
+    sup.stop.set()
+    sup.join(2)
+    assert not sup.status()["worker"]["alive"]
+
+
+def test_a_thread_that_returns_unexpectedly_is_restarted():
+    sup = Supervisor(min_backoff_s=0.01)
+    runs = []
+    again = threading.Event()
+
+    def body(stop: threading.Event) -> None:
+        runs.append(1)
+        if len(runs) == 2:
+            again.set()
+            stop.wait()
+
+    sup.spawn("returner", body)
+    assert again.wait(5)
+    sup.stop.set()
+    sup.join(2)
+
+
+def test_one_shot_thread_finishing_is_healthy():
+    sup = Supervisor()
+    sup.spawn("once", lambda stop: None, once=True)
+    sup.join(2)
+    assert sup.healthy() and sup.status()["once"]["done"]
+    sup.stop.set()
+
+
+def test_backoff_grows_then_is_capped():
+    sup = Supervisor(min_backoff_s=0.01, max_backoff_s=0.04)
+    times = []
+    done = threading.Event()
+
+    def body(stop: threading.Event) -> None:
+        import time
+
+        times.append(time.monotonic())
+        if len(times) >= 5:
+            done.set()
+            stop.wait()
+        raise ValueError("again")
+
+    sup.spawn("flappy", body)
+    assert done.wait(5)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[1] >= gaps[0] * 1.5 - 0.005  # doubled
+    assert max(gaps) < 0.04 + 0.1  # capped (plus scheduling slack)
+    sup.stop.set()
+    sup.join(2)
