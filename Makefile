@@ -85,6 +85,9 @@ export WRAPPER
 
 install:
 	@test -n "$(PKG_FILES)" || { echo "make install: run from the source tree" >&2; exit 1; }
+	@$(PYTHON) -c 'import cffi, defusedxml, daemon' 2>/dev/null || echo "make install:" \
+	    "warning: $(PYTHON) lacks cffi, defusedxml or python-daemon, which squeezed needs" \
+	    "to run (Debian: apt install python3-cffi python3-defusedxml python3-daemon)" >&2
 	@# Only our own package directory: PKGLIBDIR could be set to a shared one.
 	rm -rf "$(DESTDIR)$(PKGLIBDIR)/squeezed"
 	for f in $(PKG_FILES); do \

@@ -9,7 +9,8 @@ reservation in between. Use `squeezectl login NAME` and `--session NAME` to act
 as another client.
 
 Exit status: 0 success, 1 the service returned an error (or an unreadable
-reply), 2 usage error, 3 cannot connect to the socket.
+reply), 2 usage error, 3 cannot connect to the socket, 4 the request was sent
+but no reply came within --timeout (it may still complete).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import Any, TextIO
 
 from squeezed import idl
 from squeezed.errors import MemoryError_
-from squeezed.rpc.client import ConnectionFailed, MemoryClient, ProtocolError
+from squeezed.rpc.client import ConnectionFailed, MemoryClient, NoReply, ProtocolError
 from squeezed.rpc.dispatch import INT64_MAX, INT64_MIN, INT_MAX, INT_MIN, TypeMismatch, unmarshal
 
-EXIT_OK, EXIT_SERVICE, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
+EXIT_OK, EXIT_SERVICE, EXIT_USAGE, EXIT_CONNECT, EXIT_NO_REPLY = 0, 1, 2, 3, 4
 IMPLICIT = ("dbg", "session_id")  # filled from global options
 
 
@@ -79,7 +80,8 @@ def build_parser(iface: idl.Interface) -> argparse.ArgumentParser:
     ap.add_argument("--dbg", default="squeezectl", help="debug string sent with each call")
     ap.add_argument("--json", action="store_true", help="print results as JSON")
     ap.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds to wait for a reply (default 300)"
+        "--timeout", type=_positive_seconds, default=300.0,
+        help="seconds to wait for a reply (default 300)",
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for m in iface.methods:
@@ -183,6 +185,16 @@ def render(value: Any) -> list[str]:
     return str(value).splitlines() or [""]
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
 def main(
     argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
@@ -205,6 +217,10 @@ def main(
     try:
         wire = client.call(m.name, *_params(m, args))
         value = unmarshal(iface, m.result, wire)
+    except NoReply:
+        print(f"squeezectl: {m.name}: no reply from {path} within {args.timeout:g} s; the call "
+              "may still complete (check `squeezectl state`)", file=err)
+        return EXIT_NO_REPLY
     except ConnectionFailed as e:
         print(f"squeezectl: cannot connect to {path}: {e.reason}. Is squeezed running?", file=err)
         return EXIT_CONNECT

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from typing import Any
 
 from squeezed import __version__, systemd
 from squeezed.config import ConfigError, apply_reloadable, format_config, help_text, load
+from squeezed.engine.operations import OperationAbandoned
 from squeezed.logsetup import set_level, setup_logging
 from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
 from squeezed.sim.scenario import ScenarioError
@@ -33,6 +35,11 @@ log = logging.getLogger("squeezed")
 
 class StartupError(Exception):
     """A fatal start-up problem, reported in one line; exit status 1."""
+
+
+class StopDuringStartup(BaseException):
+    """SIGTERM arrived before the daemon was ready: clean up and exit 0.
+    (A BaseException, so that no `except Exception` on the way swallows it.)"""
 
 
 @contextlib.contextmanager
@@ -89,7 +96,14 @@ class Daemon:
         self.host: Any = None
         self.service: MemoryService | None = None
         self.servers: list[Any] = []
-        self.reload_requested = threading.Event()
+        self.initial: InitialFreeMemory | None = None
+        self.ready = False
+        self.owns_run_dir = False
+        self.xs: Any = None
+        # Set by signal handlers: plain flags, which are safe to set at any
+        # instant (an Event's lock may be held by the thread being interrupted).
+        self.stop_requested = False
+        self.reload_requested = False
 
     # -- paths ------------------------------------------------------------
 
@@ -125,21 +139,30 @@ class Daemon:
             xc = XenCtrl.open(lib)
         except XenCtrlUnavailable as e:
             raise StartupError(str(e)) from None
+        xs = self.xs = XenstoreClient(xs_path)
+        where = xs.path
+        systemd.status(f"connecting to xenstored at {where}")
         try:
-            xs = XenstoreClient(xs_path)
-        except OSError as e:
-            where = xs_path or os.environ.get("XENSTORED_PATH") or "/var/run/xenstored/socket"
-            raise StartupError(f"cannot connect to xenstored at {where}: {e}") from None
+            xs.connect()
+        except Exception as e:  # refused, absent, or gave up retrying
+            why = str(e) or type(e).__name__
+            raise StartupError(f"cannot connect to xenstored at {where}: {why}") from None
         self.xs_path = xs_path
         self.host = XenHost(
             xc, xs, manage_domain_zero=self.cfg.manage_domain_zero,
             uncooperative_after_s=self.cfg.uncooperative_after_s,
         )
-        if self.cfg.manage_domain_zero:
-            self.host.configure_domain_zero(
-                self.cfg.domain_zero_dynamic_min_bytes, self.cfg.domain_zero_dynamic_max_bytes
-            )
-        self.host.snapshot()  # the host has been read once before READY
+        systemd.status("reading the host")
+        try:
+            if self.cfg.manage_domain_zero:
+                self.host.configure_domain_zero(
+                    self.cfg.domain_zero_dynamic_min_bytes, self.cfg.domain_zero_dynamic_max_bytes
+                )
+            self.host.snapshot()  # the host has been read once before READY
+        except OperationAbandoned:
+            raise StopDuringStartup() from None
+        except Exception as e:
+            raise StartupError(f"cannot read the host: {type(e).__name__}: {e}") from None
 
     def _start_servers(self) -> None:
         from squeezed.rpc.dispatch import Dispatcher
@@ -157,7 +180,7 @@ class Daemon:
                 server.start()
             except SocketInUseError as e:
                 raise StartupError(str(e)) from None
-            except OSError as e:
+            except (OSError, KeyError) as e:  # KeyError: no such socket-group
                 raise StartupError(f"cannot listen on {path}: {e}") from None
             self.servers.append(server)
 
@@ -197,13 +220,36 @@ class Daemon:
         log.info("boot-time host free memory: %d bytes (recorded in %s)", value, initial.path)
         systemd.status("serving")
 
+    def _apply_scenario_settings(self) -> None:
+        """A scenario's [host] reserve/tolerance and [engine] table hold on its
+        simulated host, unless configured explicitly."""
+        if not self.opts.simulate:
+            return
+        from squeezed.sim.scenario import load as load_scenario
+
+        sc = load_scenario(self.opts.simulate)
+        changes: dict[str, Any] = {}
+        if not self._explicit("host-reserved-kib"):
+            changes["host_reserved_kib"] = sc.host.reserved_kib
+        if not self._explicit("balance-tolerance-kib"):
+            changes["balance_tolerance_kib"] = sc.host.tolerance_kib
+        for key, attr in (("stuck_after_s", "stuck_after_s"), ("min_poll_s", "poll_min_s"),
+                          ("max_poll_s", "poll_max_s"),
+                          ("uncooperative_after_s", "uncooperative_after_s")):
+            if key in sc.engine and not self._explicit(attr[:-2].replace("_", "-")):
+                changes[attr] = sc.engine[key]
+        self.cfg = replace(self.cfg, **changes)
+
     def run(self) -> int:
         if self.opts.simulate is not None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="squeezed-sim-", dir="/tmp"))
+            self.owns_run_dir = True
+            self._apply_scenario_settings()
         else:
             self.run_dir = Path("/var/run/squeezed")
         self._open_host()
-        initial = InitialFreeMemory(self._path("boot-time-memory-file", "boot_time_memory"))
+        initial = self.initial = InitialFreeMemory(
+            self._path("boot-time-memory-file", "boot_time_memory"))
         if self.opts.simulate is not None and not self._explicit("boot-time-memory-file"):
             with contextlib.suppress(OSError):
                 os.unlink(initial.path)  # a fresh simulated host each time
@@ -233,26 +279,35 @@ class Daemon:
         interval = systemd.watchdog_interval_s()
         if interval:
             systemd.Watchdog(interval, self.sup.healthy).start()
+        self.ready = True
         return self._main_loop()
 
     def _main_loop(self) -> int:
-        while not self.sup.stop.is_set():
-            if self.reload_requested.wait(0.5):
-                self.reload_requested.clear()
+        while not self.stop_requested:
+            if self.reload_requested:
+                self.reload_requested = False
                 self.reload()
+            time.sleep(0.1)
+        log.info("SIGTERM: stopping")
+        systemd.stopping()
+        self.sup.stop.set()
         return self.shutdown()
 
     # -- signals ----------------------------------------------------------
 
     def request_stop(self, *_: Any) -> None:
-        log.info("SIGTERM: stopping")
-        systemd.stopping()
+        self.stop_requested = True
         if self.host is not None:
             self.host.abandon()  # a running squeeze returns an error to its caller
-        self.sup.stop.set()
+        if self.initial is not None:
+            self.initial.abort()  # callers waiting for it get an error reply
+        if not self.ready:
+            if self.xs is not None:
+                self.xs.close()  # stop retrying to connect
+            raise StopDuringStartup()
 
     def request_reload(self, *_: Any) -> None:
-        self.reload_requested.set()
+        self.reload_requested = True
 
     def reload(self) -> None:
         systemd.reloading()
@@ -268,6 +323,8 @@ class Daemon:
         self.cfg, applied, need_restart = apply_reloadable(self.cfg, loaded.config)
         for name in applied:
             log.info("SIGHUP: %s = %s", name, self.cfg.get(name))
+        if self.opts.simulate is not None and not self._explicit("log"):
+            need_restart = [n for n in need_restart if n != "log"]  # stderr when simulating
         for name in need_restart:
             log.warning("SIGHUP: %s changed but only takes effect after a restart", name)
         log.info("SIGHUP: configuration reloaded (%d applied, %d need a restart)",
@@ -280,18 +337,23 @@ class Daemon:
             self.host.uncooperative_after_s = self.cfg.uncooperative_after_s
 
     def shutdown(self) -> int:
+        """Also the clean-up of a failed start: safe with anything half made."""
         systemd.status("shutting down")
-        # The operation in flight was abandoned (its waits raise): let it
-        # unwind and its caller get the error reply before the sockets close.
-        if self.service is not None and self.service.wait_idle(10.0):
-            time.sleep(0.2)  # the reply is on its way out
+        # The operation in flight was abandoned (its waits raise); each server
+        # lets requests in progress send their replies before it closes.
         for s in self.servers:
             with contextlib.suppress(Exception):
                 s.shutdown()
+        self.sup.stop.set()
         self.sup.join(5.0)
+        if self.xs is not None:
+            with contextlib.suppress(Exception):
+                self.xs.close()
         if self.sim is not None:
             with contextlib.suppress(Exception):
                 self.sim.stop()
+        if self.owns_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         log.info("squeezed stopped")
         return 0
 
@@ -310,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"squeezed {__version__}")
         return 0
     if opts.print_config:
+        for w in warnings:
+            print(f"squeezed: warning: {w}", file=sys.stderr)
         print(format_config(cfg, provenance), end="")
         return 0
     if opts.simulate is not None and provenance["log"].kind == "default":
@@ -342,14 +406,16 @@ def main(argv: list[str] | None = None) -> int:
         with pidfile_lock(pidfile):
             return daemon.run()
     except ScenarioError as e:
+        daemon.shutdown()
         print(f"squeezed: {e}", file=sys.stderr)
         return 2
+    except StopDuringStartup:
+        log.info("stopped before start-up completed")
+        return daemon.shutdown()
     except StartupError as e:
+        daemon.shutdown()
         log.error("%s", e)
         print(f"squeezed: {e}", file=sys.stderr)
-        if daemon.sim is not None:
-            with contextlib.suppress(Exception):
-                daemon.sim.stop()
         return 1
 
 

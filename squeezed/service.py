@@ -53,6 +53,7 @@ class InitialFreeMemory:
         self.path = path
         self._known = threading.Event()
         self._bytes: int | None = None
+        self._aborted = False
 
     def load_persisted(self) -> bool:
         try:
@@ -72,10 +73,17 @@ class InitialFreeMemory:
         self._bytes = value_bytes
         self._known.set()
 
+    def abort(self) -> None:
+        """Shutting down: callers waiting for the measurement get an error."""
+        self._aborted = True
+        self._known.set()
+
     def get(self, timeout_s: float | None = None) -> int:
         if not self._known.wait(timeout_s):
             raise InternalError("host initial free memory not yet measured")
-        assert self._bytes is not None
+        if self._bytes is None:
+            assert self._aborted
+            raise InternalError("squeezed is shutting down; host initial free memory unknown")
         return self._bytes
 
     @property
@@ -256,15 +264,6 @@ class MemoryService:
     def balance_memory(self, dbg: str) -> None:
         self._squeeze("balance_memory", dbg, lambda: ops.balance(self.backend, self.cfg))
 
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait for the squeezing operation in flight (if any) to end; True if
-        one was running."""
-        if not self._op_lock.locked():
-            return False
-        if self._op_lock.acquire(timeout=timeout_s):
-            self._op_lock.release()
-        return True
-
     def balance_if_unbalanced(self) -> bool:
         """The periodic balancer's step; skipped while an operation runs."""
         if not self._op_lock.acquire(blocking=False):
@@ -273,7 +272,11 @@ class MemoryService:
             if not ops.is_unbalanced(self.backend, self.cfg):
                 return False
             rec = self._record("auto-balance", "periodic")
-            ops.balance(self.backend, self.cfg)
+            try:
+                ops.balance(self.backend, self.cfg)
+            except ops.OperationAbandoned:
+                rec.outcome = "abandoned"
+                return False
             rec.outcome = "success"
             return True
         finally:

@@ -250,3 +250,55 @@ def test_daemon_mode_detaches_with_a_locked_pidfile(short_tmp, sim):
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{pid}")
     assert not os.path.exists(d.pidfile) and not os.path.exists(d.socket)
+
+
+def test_sigterm_while_xenstored_is_unreachable_at_start_up(short_tmp, sim):
+    d = DaemonProcess(short_tmp, sim)
+    d.sim_path = sim.xenstored_path
+    sim.xenstored.stop()  # squeezed keeps retrying to connect
+    try:
+        d.start(wait=False)
+        time.sleep(1.5)
+        assert d.proc.poll() is None
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert d.wait(10) == 0
+        assert time.monotonic() - t0 < 5
+        assert not os.path.exists(d.socket) and not os.path.exists(d.pidfile)
+    finally:
+        sim.xenstored.start()
+
+
+def test_waiting_initial_free_memory_callers_are_answered_at_shutdown(short_tmp, sim):
+    # A measurement that never settles: callers wait, then get a reply at SIGTERM.
+    d = DaemonProcess(short_tmp, sim, "--boot-time-host-free-memory-minimal-constant-count",
+                      "1000000").start()
+    replies = []
+
+    def ask():
+        try:
+            replies.append(d.call("get_host_initial_free_memory", "t"))
+        except Exception as e:
+            replies.append(e)
+
+    t = threading.Thread(target=ask)
+    t.start()
+    time.sleep(0.5)
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+    t.join(10)
+    assert getattr(replies[0], "name", "") == "Internal_error"
+    assert "shutting down" in str(replies[0])
+
+
+def test_print_config_shows_warnings(short_tmp):
+    import sys
+
+    conf = short_tmp / "c.conf"
+    conf.write_text("no-such-key = 1\nloglevel = debug\n")
+    r = subprocess.run([sys.executable, "-m", "squeezed.daemon", "--config", str(conf),
+                        "--config-dir", str(short_tmp), "--print-config"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0
+    assert "no-such-key" in r.stderr and f"{conf}:1" in r.stderr
+    assert "loglevel = debug" in r.stdout

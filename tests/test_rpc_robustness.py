@@ -4,6 +4,7 @@ reply in the server's dialect and the server keeps serving."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import stat
@@ -428,7 +429,8 @@ def test_trickling_client_is_cut_off(json_server) -> None:
 
 
 def test_max_connections(tmp_path) -> None:
-    with serving(XmlRpcServer, max_connections=2, request_timeout=2.0) as (srv, _):
+    with serving(XmlRpcServer, max_connections=2, request_timeout=2.0,
+                 slot_wait_s=0.1) as (srv, _):
         idle = []
         for _ in range(2):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -692,3 +694,32 @@ def test_fuzz_dispatch_raises_only_memory_errors(method: str, params: list) -> N
     except errors.MemoryError_ as e:
         xmlrpc.encode_failure(e.wire())  # and the error is always encodable
         jsonrpc.encode_failure(e.wire(), 1)
+
+
+def test_a_caller_beyond_the_cap_waits_for_a_slot(tmp_path) -> None:
+    with serving(XmlRpcServer, max_connections=1, request_timeout=5.0) as (srv, _):
+        idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        idle.connect(srv.path)
+        time.sleep(0.1)
+        threading.Timer(0.3, idle.close).start()  # the slot frees up a little later
+        t0 = time.monotonic()
+        assert MemoryClient(srv.path).call("reserve_memory", "d", "s", 1) == "res-1"
+        assert time.monotonic() - t0 >= 0.25  # it waited instead of being refused
+
+
+def test_bare_json_objects_separated_by_whitespace(json_server) -> None:
+    srv, _ = json_server
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(srv.path)
+    s.settimeout(5)
+    req = b'{"method":"get_host_reserved_memory","params":["d"],"id":%d}'
+    s.sendall(b"\n  " + (req % 1) + b"\n" + (req % 2) + b"\n")
+    data = b""
+    while data.count(b"\n") < 2:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    s.close()
+    replies = [json.loads(line) for line in data.splitlines() if line.strip()]
+    assert [r["id"] for r in replies] == [1, 2]
+    assert all(r["error"] is None for r in replies)

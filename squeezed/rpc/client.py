@@ -27,6 +27,10 @@ class ConnectionFailed(OSError):
         self.reason = reason
 
 
+class NoReply(ConnectionFailed):
+    """The request was sent but no reply came in time: it may still complete."""
+
+
 class ProtocolError(Exception):
     """The reply was not a well-formed RPC reply."""
 
@@ -131,7 +135,7 @@ class MemoryClient:
             raise ConnectionFailed(self.socket_path, f"no valid HTTP reply ({e!r})") from e
         except TimeoutError as e:
             sock.close()
-            raise ConnectionFailed(self.socket_path, "timed out waiting for a reply") from e
+            raise NoReply(self.socket_path, "timed out waiting for a reply") from e
         except BaseException:
             sock.close()
             raise

@@ -36,6 +36,7 @@ import socketserver
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from squeezed.errors import InternalError, MemoryError_
@@ -45,8 +46,12 @@ from squeezed.rpc.dispatch import Dispatcher
 log = logging.getLogger("squeezed.rpc")
 
 MAX_BODY = 1 << 20
+_JSON_SPACE = (b" ", b"\t", b"\r", b"\n")
 DEFAULT_REQUEST_TIMEOUT = 30.0
-DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_MAX_CONNECTIONS = 128
+# A caller beyond the connection cap waits this long for a slot before it is
+# refused: in a boot storm, queueing beats failing a VM start.
+DEFAULT_SLOT_WAIT_S = 60.0
 
 
 class SocketInUseError(RuntimeError):
@@ -204,6 +209,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return  # idle keep-alive connection: close quietly, nothing to answer
             if not first:
                 return  # the client closed the connection
+            if self.server.rpc.raw_json and first in _JSON_SPACE:
+                while first and first in _JSON_SPACE:  # whitespace between bare objects
+                    self.rfile.read(1)
+                    first = self.rfile.peek(1)[:1]
+                if not first:
+                    return
+                self.close_connection = False
             if first == b"{" and self.server.rpc.raw_json:
                 self.close_connection = False
                 self._raw_json()
@@ -246,7 +258,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if len(body) < n:
             self.close_connection = True  # the client went away mid-body
             return
-        self._send(200, self.server.codec.handle(body))
+        with self.server.rpc.in_flight():
+            self._send(200, self.server.codec.handle(body))
 
     def _raw_json(self) -> None:
         """A bare JSON object, no HTTP: read exactly one object (tracking
@@ -292,9 +305,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.request.settimeout(self.server.rpc.request_timeout)
                 self.wfile.write(codec.failure("request not received in time") + b"\n")
             return
-        reply = codec.handle(b"".join(chunks))
-        self.request.settimeout(self.server.rpc.request_timeout)
-        self.wfile.write(reply + b"\n")
+        with self.server.rpc.in_flight():
+            reply = codec.handle(b"".join(chunks))
+            self.request.settimeout(self.server.rpc.request_timeout)
+            self.wfile.write(reply + b"\n")
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
@@ -324,7 +338,8 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         self.server_address = path
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        # Waiting here leaves further callers in the listen backlog.
+        if not self._slots.acquire(timeout=self.rpc.slot_wait_s):
             log.warning("rpc %s: too many connections; refusing one", self.rpc.path)
             with contextlib.suppress(OSError):
                 request.settimeout(1.0)
@@ -419,6 +434,7 @@ class RpcServer:
         max_body: int = MAX_BODY,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        slot_wait_s: float = DEFAULT_SLOT_WAIT_S,
     ) -> None:
         self.path = os.fspath(path)
         self.dispatcher = dispatcher
@@ -428,6 +444,9 @@ class RpcServer:
         self.max_body = max_body
         self.request_timeout = request_timeout
         self.max_connections = max_connections
+        self.slot_wait_s = slot_wait_s
+        self._busy = 0  # requests between decoding and their reply being sent
+        self._busy_cond = threading.Condition()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -450,8 +469,20 @@ class RpcServer:
             )
             self._thread.start()
 
-    def shutdown(self) -> None:
-        """Stop accepting, drop open connections, remove our socket file."""
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        with self._busy_cond:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._busy_cond:
+                self._busy -= 1
+                self._busy_cond.notify_all()
+
+    def shutdown(self, drain_s: float = 10.0) -> None:
+        """Stop accepting, let requests in progress send their replies (up to
+        `drain_s`), drop open connections, remove our socket file."""
         srv, self._server = self._server, None
         if srv is None:
             return
@@ -459,6 +490,10 @@ class RpcServer:
             srv.shutdown()
             self._thread.join()
             self._thread = None
+        with self._busy_cond:
+            if not self._busy_cond.wait_for(lambda: self._busy == 0, drain_s):
+                log.warning("rpc %s: %d requests still running at shutdown", self.path,
+                            self._busy)
         srv.server_close()
         srv.drop_connections()
         with contextlib.suppress(OSError):
