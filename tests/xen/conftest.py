@@ -15,7 +15,8 @@ in time) the tests are skipped with
 Environment knobs: SQUEEZED_XEN_CACHE (image cache dir), SQUEEZED_XEN_LOGDIR
 (where console logs go; default $TMPDIR), SQUEEZED_XEN_BOOT_TIMEOUT (s,
 default 300), SQUEEZED_XEN_XENSTORED (oxenstored | xenstored),
-SQUEEZED_XEN_PROJECT_DIR (checkout to import in dom0; default this one).
+SQUEEZED_XEN_PROJECT_DIR (checkout to import in dom0; default this one),
+SQUEEZED_XEN_KEEP_LOGS=1 (keep the console and daemon logs after a pass).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def _unavailable(reason: str, log_path: str | None = None) -> None:
     if os.environ.get("SQUEEZED_XEN_REQUIRE") == "1":
         pytest.fail(msg.replace("SKIPPED: ", "") + "\n" + reason, pytrace=False)
     pytest.skip(msg)
+
+
+def keep_logs() -> bool:
+    """SQUEEZED_XEN_KEEP_LOGS=1: keep the logs even when every test passed."""
+    return os.environ.get("SQUEEZED_XEN_KEEP_LOGS") == "1"
 
 
 def _report(line: str) -> None:
@@ -117,13 +123,19 @@ def xen_vm(request: pytest.FixtureRequest, xen_manifest: dict):
         vm.timings["qemu_peak_rss_mib"] = round(peak)
     vm.shutdown()
     _report(f"timings: {vm.timings}")
-    if _failed_xen_tests:
+    if _failed_xen_tests or keep_logs():
         _report(f"console log kept: {vm.log_path}")
     else:
         try:
             os.unlink(vm.log_path)
         except OSError:
             pass
+
+
+@pytest.fixture(scope="session")
+def xen_report():
+    """report(line): add a line to the "real Xen (QEMU)" terminal summary."""
+    return _report
 
 
 @pytest.fixture(scope="session")

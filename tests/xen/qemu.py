@@ -382,24 +382,48 @@ class XenVM:
         except OSError as e:
             raise XenVMError(f"writing to the console failed: {e} ({self._why_dead()})") from e
 
-    def send_line(self, line: str, chunk: int = 64, echo_timeout_s: float = 5.0) -> None:
+    def send_line(
+        self, line: str, chunk: int = 64, echo_timeout_s: float = 5.0, attempts: int = 3
+    ) -> None:
         """Type one line into the dom0 console, chunk by chunk, each waiting for
-        its tty echo (Xen drops console input beyond its 128-byte ring)."""
+        its tty echo (Xen drops console input beyond its 128-byte ring).
+
+        The newline goes only once every chunk came back verbatim. Input can
+        arrive garbled: rarely, a character is lost or changed on its way to
+        dom0, and the echo shows it (e.g. ``echo "e_SQZ_E_…`` typed as
+        ``echo "__SQZ_E_…``). Then the pending line is erased with ^U (the
+        tty's VKILL; the shell has not read it yet) and typed again, so a
+        garbled command never runs. An echo split by other console output
+        looks the same and is retyped too."""
         if any(ord(c) < 32 or ord(c) > 126 for c in line):
             raise ValueError("send_line takes one line of printable ASCII")
-        data = line + "\n"
-        for i in range(0, len(data), chunk):
-            piece = data[i : i + chunk]
+        for attempt in range(1, attempts + 1):
+            if self._type_verified(line, chunk, echo_timeout_s):
+                break
+            if attempt < attempts:
+                self._note(f"console echo differs from the input; retyping (attempt {attempt + 1})")
+                self._write(b"\x15")  # ^U: kill the pending input line
+                time.sleep(0.3)
+            else:  # as before: carry on, slowly (the echo may be lost among other output)
+                self._note("console echo never matched; sending the line anyway")
+                time.sleep(0.2)
+        start = self._pos()
+        self._write(b"\n")
+        self.wait_for(r"\n", echo_timeout_s, start)
+
+    def _type_verified(self, line: str, chunk: int, echo_timeout_s: float) -> bool:
+        """Type line (no newline); True if every chunk was echoed verbatim."""
+        for i in range(0, len(line), chunk):
+            piece = line[i : i + chunk]
             start = self._pos()
             self._write(piece.encode())
-            want = piece.rstrip("\n")
-            pat = re.escape(want) if want else r"\n"
-            if self.wait_for(pat, echo_timeout_s, start) is None:
+            if self.wait_for(re.escape(piece), echo_timeout_s, start) is None:
                 if not self.alive:
                     raise XenVMError(
                         f"QEMU died ({self._why_dead()}); console log: {self.log_path}"
                     )
-                time.sleep(0.2)  # echo lost among other output: carry on, slowly
+                return False
+        return True
 
     def _why_dead(self) -> str:
         if self._killed_by_watchdog:
