@@ -187,3 +187,25 @@ def test_manage_domain_zero_publishes_its_policy_and_balloons_it(short_tmp, monk
         assert XenHost(e.xc, e.xs).snapshot().domain(0) is None
     finally:
         e.close()
+
+
+def test_watch_refresh_never_lets_an_older_read_win(env):
+    """A refresh whose read raced one of our own writes reads again."""
+    host = env.host
+    host.refresh_domain(1)
+    real_read = host._read_keys
+    raced = []
+
+    def read_racing_a_write(domid):
+        keys = real_read(domid)  # the old target
+        if not raced:
+            raced.append(1)
+            host.set_target(domid, 1536 * MIB)  # our write lands after that read
+        return keys
+
+    host._read_keys = read_racing_a_write
+    try:
+        host.refresh_domain(1)
+    finally:
+        host._read_keys = real_read
+    assert host._cache[1].keys["memory/target"] == str(1536 * MIB)

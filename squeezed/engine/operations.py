@@ -231,8 +231,11 @@ def balance(io: HostIO, cfg: EngineConfig) -> OpStats | None:
     """Hand out everything above the kept reserve; never raises on failure."""
     try:
         return change_host_free_memory(io, cfg, cfg.reserve_kib, _is_balanced(cfg), need_kib=None)
+    except CannotFreeThisMuchMemory as e:
+        # Every domain is at dynamic_max already: the rest stays free.
+        log.debug("balance: every domain is at its dynamic_max; %d KiB stay free", e.free_kib)
+        return None
     except MemoryError_ as e:
-        # Typically every domain is at dynamic_max already: nothing to hand out.
         log.debug("balance ended early: %s", e)
         return None
 

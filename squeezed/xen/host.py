@@ -63,6 +63,7 @@ def _int(value: str | None) -> int | None:
 @dataclass
 class _Cached:
     keys: dict[str, str | None] = field(default_factory=dict)
+    writes: int = 0  # bumped by our own writes: a read older than one is stale
 
 
 class XenHost:
@@ -101,26 +102,34 @@ class XenHost:
         base = domain_path(domid)
         return {k: self.xs.read(f"{base}/{k}") for k in DOMAIN_KEYS}
 
-    def refresh_domain(self, domid: int) -> None:
-        keys = self._read_keys(domid)
-        with self._lock:
-            self._cache.setdefault(domid, _Cached()).keys = keys
+    def refresh_domain(self, domid: int) -> dict[str, str | None]:
+        """Re-read a domain's keys into the cache. If we wrote one of them while
+        reading, the read may predate the write: read again rather than let an
+        older value win (it would, e.g., lower maxmem below a raised target)."""
+        for _ in range(8):
+            with self._lock:
+                before = self._cache.setdefault(domid, _Cached()).writes
+            keys = self._read_keys(domid)
+            with self._lock:
+                c = self._cache.setdefault(domid, _Cached())
+                if c.writes == before:
+                    c.keys = keys
+                    return keys
+        return keys
 
     def _keys(self, domid: int) -> dict[str, str | None]:
         with self._lock:
             c = self._cache.get(domid)
             if c is not None and self._watching:
                 return c.keys
-        keys = self._read_keys(domid)
-        with self._lock:
-            self._cache.setdefault(domid, _Cached()).keys = keys
-        return keys
+        return self.refresh_domain(domid)
 
     def _set_cached(self, domid: int, key: str, value: str | None) -> None:
         with self._lock:
             c = self._cache.get(domid)
             if c is not None:
                 c.keys[key] = value
+                c.writes += 1
 
     def forget_gone(self, live: set[int]) -> None:
         with self._lock:
@@ -231,6 +240,9 @@ class XenHost:
             return self._read_host_locked(calibrate)
 
     def _read_host_locked(self, calibrate: bool) -> tuple[Host, set[int]]:
+        # Pages freed between reading the domains and the host would count
+        # twice (in tot_pages and as free): take the smaller of two readings.
+        phys_before = self.xc.physinfo()
         infos = self.xc.domain_list()
         all_domids = {di.domid for di in infos}
         reserved_kib = 0
@@ -246,6 +258,8 @@ class XenHost:
                 domains.append(d)
                 reserved_kib += unaccounted_kib
         phys = self.xc.physinfo()
+        if phys_before.free_pages + phys_before.scrub_pages < phys.free_pages + phys.scrub_pages:
+            phys = phys_before
         free_kib = phys.free_pages * PAGE_KIB
         scrub_kib = phys.scrub_pages * PAGE_KIB
         for r in self.reservations():
