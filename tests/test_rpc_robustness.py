@@ -723,3 +723,16 @@ def test_bare_json_objects_separated_by_whitespace(json_server) -> None:
     replies = [json.loads(line) for line in data.splitlines() if line.strip()]
     assert [r["id"] for r in replies] == [1, 2]
     assert all(r["error"] is None for r in replies)
+
+
+def test_keepalive_never_blindly_retries_a_reservation(xml_server, monkeypatch) -> None:
+    """If a kept-alive connection dies mid-call, a reserve is not sent twice."""
+    from squeezed.rpc import client as client_mod
+
+    srv, fake = xml_server
+    with MemoryClient(srv.path, keep_alive=True) as c:
+        assert c.call("get_host_reserved_memory", "d") is not None
+        monkeypatch.setattr(client_mod, "_closed_by_peer", lambda sock: False)
+        c._sock.shutdown(socket.SHUT_RDWR)  # dies under the next call
+        with pytest.raises(ConnectionFailed, match="not retried"):
+            c.call("reserve_memory", "d", "s", 1)

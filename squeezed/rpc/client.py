@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import select
 import socket
 from typing import Any
 
@@ -37,6 +38,21 @@ class ProtocolError(Exception):
 
 class _Stale(Exception):
     """The connection closed before any byte of the reply."""
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle kept-alive socket the server has hung up (readable, at EOF)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def _read_only(method: str) -> bool:
+    """Calls that change nothing, so a blind retry is harmless."""
+    name = method.rsplit(".", 1)[-1]
+    return name.startswith(("get_", "query")) or name == "get_state"
 
 
 class MemoryClient:
@@ -105,11 +121,21 @@ class MemoryClient:
         """("Success", value) or ("Failure", error wire form)."""
         request = self.request_bytes(self.encode(method, list(params)))
         reused, self._sock = self._sock, None
+        if reused is not None and _closed_by_peer(reused):
+            reused.close()  # closed while idle: nothing was sent, just reconnect
+            reused = None
         if reused is not None:
             try:
                 return self._exchange(reused, request)
-            except _Stale:
-                pass  # the server closed our idle connection: retry on a fresh one
+            except _Stale as e:
+                # The server closed our idle connection, most likely before it
+                # read the request; retry only what is safe to run twice.
+                if not _read_only(method):
+                    raise ConnectionFailed(
+                        self.socket_path,
+                        "kept-alive connection closed without a reply; not retried "
+                        "(the call may have been applied)",
+                    ) from e
         try:
             return self._exchange(self._connect(), request)
         except _Stale as e:
