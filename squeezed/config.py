@@ -52,7 +52,8 @@ class Config:
     balance_check_interval_s: float = 10.0
     manage_domain_zero: bool = False
     domain_zero_dynamic_min_bytes: int = _GIB
-    domain_zero_dynamic_max_bytes: int | None = None  # None = "auto": dom0's static-max
+    # None = "auto": dom0's allocation when squeezed first manages it
+    domain_zero_dynamic_max_bytes: int | None = None
     boot_time_host_free_memory_minimal_constant_count: int = 10
     boot_time_host_free_memory_check_interval_s: float = 1.0
     boot_time_memory_file: str = "/var/run/nonpersistent/xapi/boot_time_memory"
@@ -305,12 +306,13 @@ _KEY_LIST = [
     Key("domain-zero-dynamic-max", "domain_zero_dynamic_max_bytes", _bytes_or_auto,
         _fmt_bytes_or_auto, "'auto' or a positive integer number of bytes",
         "When managing domain 0, never balloon it above this many bytes; "
-        "'auto' means its static maximum.", False),
+        "'auto' means domain 0's allocation when squeezed first manages it "
+        "(kept in xenstore's memory/dynamic-max across restarts).", False),
     Key("boot-time-host-free-memory-minimal-constant-count",
         "boot_time_host_free_memory_minimal_constant_count", _int_at_least(1), str,
         "an integer >= 1",
-        "At start-up, host free memory counts as settled after this many equal "
-        "consecutive readings.", False),
+        "At start-up, host free memory counts as settled after this many "
+        "consecutive readings within 1 MiB of each other.", False),
     Key("boot-time-host-free-memory-check-interval",
         "boot_time_host_free_memory_check_interval_s", _float_above_zero, _fmt_float,
         "a number of seconds > 0",
@@ -355,7 +357,9 @@ _KEY_LIST = [
         "A balloon driver making no progress for this long is declared stuck.", True),
     Key("uncooperative-after", "uncooperative_after_s", _float_above_zero, _fmt_float,
         "a number of seconds > 0",
-        "A domain stuck for this long is reported as refusing to cooperate.", True),
+        "A ballooning domain that has missed its target for this long is flagged "
+        "uncooperative (memory/uncooperative in xenstore, and in diagnostics); "
+        "the flag goes once it reaches its target.", True),
     Key("poll-min", "poll_min_s", _float_above_zero, _fmt_float, "a number of seconds > 0",
         "Shortest wait between polls while memory is moving.", True),
     Key("poll-max", "poll_max_s", _float_above_zero, _fmt_float, "a number of seconds > 0",

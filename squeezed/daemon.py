@@ -258,7 +258,7 @@ class Daemon:
             self.host, self.cfg.engine_config(),
             Dom0Policy(self.cfg.manage_domain_zero, self.cfg.domain_zero_dynamic_min_bytes,
                        self.cfg.domain_zero_dynamic_max_bytes),
-            initial, self.host.dom0_total_bytes,
+            initial, self.host.dom0_total_bytes, self.host.dom0_dynamic_max_bytes,
         )
         self.service.on_set_log_level = set_level
         self._start_servers()
@@ -290,6 +290,10 @@ class Daemon:
             time.sleep(0.1)
         log.info("SIGTERM: stopping")
         systemd.stopping()
+        if self.host is not None:
+            self.host.abandon()  # a running squeeze returns an error to its caller
+        if self.initial is not None:
+            self.initial.abort()  # callers waiting for it get an error reply
         self.sup.stop.set()
         return self.shutdown()
 
@@ -297,14 +301,8 @@ class Daemon:
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested = True
-        if self.host is not None:
-            self.host.abandon()  # a running squeeze returns an error to its caller
-        if self.initial is not None:
-            self.initial.abort()  # callers waiting for it get an error reply
         if not self.ready:
-            if self.xs is not None:
-                self.xs.close()  # stop retrying to connect
-            raise StopDuringStartup()
+            raise StopDuringStartup()  # interrupts whatever start-up is doing
 
     def request_reload(self, *_: Any) -> None:
         self.reload_requested = True

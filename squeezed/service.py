@@ -127,6 +127,8 @@ class MemoryService:
     dom0: Dom0Policy = field(default_factory=Dom0Policy)
     initial_free: InitialFreeMemory | None = None
     dom0_total_bytes: Callable[[], int] | None = None
+    # dynamic-max as published for domain 0 ("auto" resolved), if any
+    dom0_dynamic_max_bytes: Callable[[], int | None] | None = None
     instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def __post_init__(self) -> None:
@@ -294,6 +296,8 @@ class MemoryService:
         total_bytes = self.dom0_total_bytes() if self.dom0_total_bytes else None
         if self.dom0.manage:
             max_bytes = self.dom0.dynamic_max_bytes
+            if max_bytes is None and self.dom0_dynamic_max_bytes is not None:
+                max_bytes = self.dom0_dynamic_max_bytes()  # what "auto" resolved to
             if max_bytes is None:
                 if total_bytes is None:
                     raise InternalError("failed to obtain domain 0's total memory")

@@ -183,6 +183,14 @@ def test_manage_domain_zero_publishes_its_policy_and_balloons_it(short_tmp, monk
         e.xs.write(f"{base}/memory/dynamic-max", str(900 * MIB))
         host.configure_domain_zero(512 * MIB * 1024, None)
         assert e.xs.read(f"{base}/memory/dynamic-max") == str(900 * MIB)
+        # get_domain_zero_policy reports what "auto" resolved to, as published.
+        from squeezed.service import Dom0Policy
+
+        svc = MemoryService(host, e.cfg, Dom0Policy(True, 512 * MIB * 1024, None),
+                            dom0_total_bytes=host.dom0_total_bytes,
+                            dom0_dynamic_max_bytes=host.dom0_dynamic_max_bytes)
+        assert svc.get_domain_zero_policy("t") == ("Auto_balloon",
+                                                  (512 * MIB * 1024, 900 * MIB * 1024))
         # Without manage-domain-zero, domain 0 is left alone.
         assert XenHost(e.xc, e.xs).snapshot().domain(0) is None
     finally:

@@ -9,8 +9,9 @@ connection (stdlib socketserver + http.server), our codecs in the middle.
 - Each request must arrive completely within `request_timeout` seconds of the
   server starting to wait for it (idle keep-alive time included), so a slow
   or stalled client can hold a thread only that long.
-- At most `max_connections` connections are served at once; more get an
-  immediate "busy" error reply.
+- At most `max_connections` (128) connections are served at once; a caller
+  beyond that waits up to `slot_wait_s` (60 s) for a slot, in the listen
+  backlog, then gets a 503 reply with `Internal_error "server busy: ..."`.
 - Every malformed request gets a well-formed Internal_error reply in the
   server's dialect (with a 4xx/5xx status when HTTP itself was wrong), and the
   server keeps serving.

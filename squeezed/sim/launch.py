@@ -1,6 +1,9 @@
 """`squeezed --simulate [SCENARIO.toml]`: the simulated Xen host built from
 a scenario's [host] and [[domain]] tables (its steps are ignored), or from
-the built-in demo. The daemon's own configuration decides its constants."""
+the built-in demo. The scenario's [host] reserved_kib and tolerance_kib and
+its [engine] stuck_after_s, uncooperative_after_s, min_poll_s and max_poll_s
+apply unless configured (the daemon applies them); the rest of the daemon's
+constants come from its own configuration."""
 
 from __future__ import annotations
 

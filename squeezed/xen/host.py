@@ -510,6 +510,11 @@ class XenHost:
             raise _Gone()
         return dom0[0].tot_pages * PAGE_KIB * 1024
 
+    def dom0_dynamic_max_bytes(self) -> int | None:
+        """Domain 0's published dynamic-max, if squeezed manages it."""
+        kib = _int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
+        return None if kib is None else kib * 1024
+
     def configure_domain_zero(self, dynamic_min_bytes: int, dynamic_max_bytes: int | None) -> None:
         """manage-domain-zero: publish dom0's policy so it balloons like a guest."""
         self.xs.mkdir(domain_path(0))
