@@ -11,12 +11,13 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -283,11 +284,25 @@ class Daemon:
         return self._main_loop()
 
     def _main_loop(self) -> int:
-        while not self.stop_requested:
-            if self.reload_requested:
-                self.reload_requested = False
-                self.reload()
-            time.sleep(0.1)
+        # Sleep until a signal arrives: its handler sets a flag, and the C-level
+        # handler writes to the wake-up socket, which ends the select at once.
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            while not self.stop_requested:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                    continue
+                select.select([wake_r], [], [], 5.0)
+                with contextlib.suppress(BlockingIOError):
+                    wake_r.recv(4096)
+        finally:
+            signal.set_wakeup_fd(previous_fd)
+            wake_r.close()
+            wake_w.close()
         log.info("SIGTERM: stopping")
         systemd.stopping()
         if self.host is not None:

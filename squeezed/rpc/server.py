@@ -464,7 +464,7 @@ class RpcServer:
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.1},
+                kwargs={"poll_interval": 0.5},
                 name=f"rpc {self.path}",
                 daemon=True,
             )
