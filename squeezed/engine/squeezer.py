@@ -116,8 +116,15 @@ class Squeezer:
         declared_active = tuple(sorted(self.inactive & active_ids))
         self.inactive = inactive_ids
 
-        max_free = max_free_kib(host.free_mem_kib, active)
-        targets = proportional_targets(host.free_mem_kib, active, host_target_kib, max_free)
+        # An inactive domain may still grow up to its maxmem (a stuck driver
+        # that wakes up, or one below dynamic_min): that memory is not free.
+        free_kib = host.free_mem_kib - sum(
+            max(0, d.memory_max_kib - d.memory_actual_kib)
+            for d in host.domains
+            if d.can_balloon and d.domid in inactive_ids
+        )
+        max_free = max_free_kib(free_kib, active)
+        targets = proportional_targets(free_kib, active, host_target_kib, max_free)
         freeing: list[tuple[Domain, int]] = []
         allocating: list[tuple[Domain, int]] = []
         for d in active:
@@ -152,7 +159,13 @@ class Squeezer:
         )
         if changes or not all_reached:
             return Decision(Verdict.ADJUST, actions=changes, **common)
-        if success(host.free_mem_kib):
+        # Judge success on memory that stays free: an active domain a little
+        # short of its target (within inaccuracy) may still take the rest.
+        still_growing_kib = sum(
+            max(0, min(d.memory_max_kib, d.target_kib + d.inaccuracy_kib) - d.memory_actual_kib)
+            for d in active
+        )
+        if success(free_kib - still_growing_kib):
             return Decision(Verdict.SUCCESS, **common)
         blamed = tuple(
             d.domid for d in host.domains if d.domid in inactive_ids and d.can_balloon
