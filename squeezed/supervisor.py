@@ -28,6 +28,8 @@ class Supervisor:
     stop: threading.Event = field(default_factory=threading.Event)
     min_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
+    # How to pause before a restart; returns True when stopping (tests record it).
+    pause: Callable[[float], bool] | None = None
     _children: list[_Child] = field(default_factory=list)
 
     def spawn(self, name: str, body: Callable[[threading.Event], None], once: bool = False) -> None:
@@ -55,7 +57,7 @@ class Supervisor:
             child.restarts += 1
             if time.monotonic() - started > 60:
                 backoff_s = self.min_backoff_s  # it ran well for a while
-            if self.stop.wait(backoff_s):
+            if (self.pause or self.stop.wait)(backoff_s):
                 return
             backoff_s = min(backoff_s * 2, self.max_backoff_s)
 
