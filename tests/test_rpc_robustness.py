@@ -385,20 +385,24 @@ def test_idle_keepalive_closed_quietly_and_client_reconnects(xml_server) -> None
     idle.close()
 
 
-def test_slow_client_does_not_block_others(xml_server) -> None:
-    """Half a request then silence: others are served meanwhile, and the staller
-    is answered 408 and cut off after the (short) request timeout."""
-    srv, _ = xml_server
+def test_slow_client_does_not_block_others() -> None:
+    """Half a request then silence: others are served meanwhile (well before
+    the staller's timeout), and the staller is answered 408 and cut off."""
+    with serving(XmlRpcServer, request_timeout=3.0) as (srv, _):
+        _slow_client_checks(srv)
+
+
+def _slow_client_checks(srv) -> None:
     slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    slow.settimeout(5)
+    slow.settimeout(10)
     slow.connect(srv.path)
     try:
         slow.sendall(b"POST / HTTP/1.1\r\nContent-Length: 500\r\n\r\n<?xml")
         t0 = time.monotonic()
         still_serving(srv.path)
-        assert time.monotonic() - t0 < 0.4
+        assert time.monotonic() - t0 < 2.5  # not held up by the staller
         reply = read_response(slow)
-        assert 0.3 < time.monotonic() - t0 < 3
+        assert 2.5 < time.monotonic() - t0 < 8
         assert "not received in time" in xml_failure(reply, 408)
         assert slow.recv(10) == b""
     finally:
@@ -534,7 +538,7 @@ def test_shutdown_drops_idle_keepalive_connections() -> None:
         t0 = time.monotonic()
         srv.shutdown()
         assert s.recv(10) == b""
-        assert time.monotonic() - t0 < 1
+        assert time.monotonic() - t0 < 3
         s.close()
 
 
