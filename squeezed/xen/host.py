@@ -23,6 +23,7 @@ from typing import Any
 from squeezed.backend import Reservation
 from squeezed.engine.model import Domain, Host
 from squeezed.engine.operations import OperationAbandoned
+from squeezed.errors import InternalError
 
 log = logging.getLogger("squeezed.xen.host")
 
@@ -222,8 +223,8 @@ class XenHost:
     def snapshot(self) -> Host:
         """The host for an operation: waits for the scrubber, calibrates new
         domains' offsets, keeps the uncooperative flags and lowers maxmem."""
-        self._wait_for_scrubber()
-        host, all_domids = self._read_host(calibrate=True)
+        phys_before = self._wait_for_scrubber()
+        host, all_domids = self._read_host(calibrate=True, phys_before=phys_before)
         self._update_cooperative(host, all_domids)
         for d in host.domains:
             if d.can_balloon and d.domid != 0 and d.memory_max_kib > d.target_kib:
@@ -235,14 +236,16 @@ class XenHost:
         it can run beside an operation without disturbing it."""
         return self._read_host(calibrate=False)[0]
 
-    def _read_host(self, calibrate: bool) -> tuple[Host, set[int]]:
+    def _read_host(self, calibrate: bool, phys_before: Any = None) -> tuple[Host, set[int]]:
         with self._accounting:
-            return self._read_host_locked(calibrate)
+            return self._read_host_locked(calibrate, phys_before)
 
-    def _read_host_locked(self, calibrate: bool) -> tuple[Host, set[int]]:
+    def _read_host_locked(self, calibrate: bool, phys_before: Any) -> tuple[Host, set[int]]:
         # Pages freed between reading the domains and the host would count
-        # twice (in tot_pages and as free): take the smaller of two readings.
-        phys_before = self.xc.physinfo()
+        # twice (in tot_pages and as free): take the smaller of a reading
+        # before the domain list (the scrubber check's, if any) and one after.
+        if phys_before is None:
+            phys_before = self.xc.physinfo()
         infos = self.xc.domain_list()
         all_domids = {di.domid for di in infos}
         reserved_kib = 0
@@ -250,10 +253,7 @@ class XenHost:
         for di in infos:
             if di.dying or (di.domid == 0 and not self.manage_domain_zero):
                 continue
-            try:
-                d, unaccounted_kib = self._domain(di, calibrate)
-            except _Gone:
-                continue
+            d, unaccounted_kib = self._domain(di, calibrate)
             if d is not None:
                 domains.append(d)
                 reserved_kib += unaccounted_kib
@@ -507,7 +507,7 @@ class XenHost:
     def dom0_total_bytes(self) -> int:
         dom0 = [di for di in self.xc.domain_list() if di.domid == 0]
         if not dom0:
-            raise _Gone()
+            raise InternalError("domain 0 is missing from the hypervisor's domain list")
         return dom0[0].tot_pages * PAGE_KIB * 1024
 
     def dom0_dynamic_max_bytes(self) -> int | None:
@@ -533,7 +533,3 @@ class XenHost:
         if self.xs.read(f"{domain_path(0)}/memory/target") is None:
             self._write_domain_key(0, "memory/target", str(dmax_kib))
         self._write_domain_key(0, "control/feature-balloon", "1")
-
-
-class _Gone(Exception):
-    """The domain disappeared while we looked at it."""
