@@ -12,6 +12,55 @@ from dataclasses import dataclass, field
 log = logging.getLogger("squeezed.supervisor")
 
 
+class Heartbeats:
+    """Liveness of long-lived loops that a thread's mere existence cannot show:
+    a loop blocked for ever is alive but useless. Each loop registers with the
+    longest silence it can legitimately have and calls its beat function every
+    time round; `late()` names those that have been silent for longer.
+
+    The clock is injectable, so tests need no sleeping.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_s: dict[str, float] = {}
+        self._max_silence_s: dict[str, float] = {}
+
+    def register(self, name: str, max_silence_s: float) -> Callable[[], None]:
+        """Start watching `name` (its first beat is now); returns its beat function."""
+        if max_silence_s <= 0:
+            raise ValueError(f"max_silence_s must be > 0, got {max_silence_s}")
+        with self._lock:
+            self._max_silence_s[name] = max_silence_s
+            self._last_s[name] = self._clock()
+        return lambda: self.beat(name)
+
+    def unregister(self, name: str) -> None:
+        """Stop watching `name` (a loop that ended on purpose)."""
+        with self._lock:
+            self._max_silence_s.pop(name, None)
+            self._last_s.pop(name, None)
+
+    def beat(self, name: str) -> None:
+        with self._lock:
+            if name in self._last_s:
+                self._last_s[name] = self._clock()
+
+    def late(self) -> list[str]:
+        """Registered loops silent for longer than they said they could be."""
+        now = self._clock()
+        with self._lock:
+            return sorted(n for n, last in self._last_s.items()
+                          if now - last > self._max_silence_s[n])
+
+    def status(self) -> dict[str, float]:
+        """Seconds since each registered loop's last beat."""
+        now = self._clock()
+        with self._lock:
+            return {n: now - last for n, last in sorted(self._last_s.items())}
+
+
 @dataclass
 class _Child:
     name: str
@@ -30,6 +79,7 @@ class Supervisor:
     max_backoff_s: float = 30.0
     # How to pause before a restart; returns True when stopping (tests record it).
     pause: Callable[[float], bool] | None = None
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)
     _children: list[_Child] = field(default_factory=list)
 
     def spawn(self, name: str, body: Callable[[threading.Event], None], once: bool = False) -> None:
@@ -62,7 +112,12 @@ class Supervisor:
             backoff_s = min(backoff_s * 2, self.max_backoff_s)
 
     def healthy(self) -> bool:
-        """Every thread is alive (or finished its one-shot job)."""
+        """Every thread is alive (or finished its one-shot job) and no
+        registered loop is late with its heartbeat."""
+        late = self.heartbeats.late()
+        if late:
+            log.error("no heartbeat from %s", ", ".join(late))
+            return False
         return all(c.done or (c.thread is not None and c.thread.is_alive())
                    for c in self._children)
 

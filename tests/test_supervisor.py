@@ -79,3 +79,44 @@ def test_backoff_grows_then_is_capped():
     assert pauses == [0.01, 0.02, 0.04, 0.04, 0.04]  # doubling, then capped
     sup.stop.set()
     sup.join(2)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_heartbeats_name_a_loop_silent_longer_than_it_declared():
+    from squeezed.supervisor import Heartbeats
+
+    clock = _Clock()
+    hb = Heartbeats(clock)
+    beat_a = hb.register("a", 5.0)
+    hb.register("b", 1.0)
+    clock.now_s += 0.5
+    assert hb.late() == []
+    clock.now_s += 1.0  # b silent 1.5 s > 1 s; a 1.5 s < 5 s
+    assert hb.late() == ["b"]
+    clock.now_s += 4.0
+    assert hb.late() == ["a", "b"]
+    beat_a()
+    assert hb.late() == ["b"]
+    hb.unregister("b")
+    assert hb.late() == []
+    assert hb.status() == {"a": 0.0}
+
+
+def test_a_late_heartbeat_makes_the_supervisor_unhealthy():
+    from squeezed.supervisor import Heartbeats
+
+    clock = _Clock()
+    sup = Supervisor(heartbeats=Heartbeats(clock))
+    beat = sup.heartbeats.register("watcher", 2.0)
+    assert sup.healthy()
+    clock.now_s += 3.0
+    assert not sup.healthy()
+    beat()
+    assert sup.healthy()
