@@ -41,8 +41,11 @@ class StucknessMonitor:
         for d in host.domains:
             live.add(d.domid)
             p = self._per_domain.get(d.domid)
-            if p is None:  # new domains start out making progress
+            if p is None:  # new domains start out making progress...
                 p = self._per_domain[d.domid] = _Progress(d.memory_actual_kib, now_s)
+                # ...unless already flagged uncooperative and still off target:
+                # they are inactive until they move, not after stuck_after_s more.
+                p.stuck = d.uncooperative and not d.hit_target
             delta_kib = d.memory_actual_kib - p.last_actual_kib
             p.last_actual_kib = d.memory_actual_kib
             if d.hit_target:
