@@ -8,7 +8,7 @@ targets to write, or that the operation succeeded or failed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from squeezed.engine.model import Action, Domain, Host
@@ -153,7 +153,8 @@ class Squeezer:
         all_reached = all(
             abs(d.memory_actual_kib - d.target_kib) <= d.inaccuracy_kib for d in active
         )
-        common = dict(
+        common = Decision(
+            Verdict.ADJUST,
             declared_inactive=declared_inactive,
             declared_active=declared_active,
             active=active_ids,
@@ -161,7 +162,7 @@ class Squeezer:
             allocating=allocation_phase,
         )
         if changes or not all_reached:
-            return Decision(Verdict.ADJUST, actions=changes, **common)
+            return replace(common, actions=changes)
         # Judge success on memory that stays free: an active domain a little
         # short of its target (within inaccuracy) may still take the rest.
         still_growing_kib = sum(
@@ -169,8 +170,8 @@ class Squeezer:
             for d in active
         )
         if success(free_kib - still_growing_kib):
-            return Decision(Verdict.SUCCESS, **common)
+            return replace(common, verdict=Verdict.SUCCESS)
         blamed = tuple(
             d.domid for d in host.domains if d.domid in inactive_ids and d.can_balloon
         )
-        return Decision(Verdict.FAILED, blamed=blamed, **common)
+        return replace(common, verdict=Verdict.FAILED, blamed=blamed)
