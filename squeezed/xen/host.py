@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import re
 import threading
@@ -139,6 +140,22 @@ def _checked(keys: dict[str, str | None], key: str, lo: int, hi: int) -> int | N
 class _Cached:
     keys: dict[str, str | None] = field(default_factory=dict)
     writes: int = 0  # bumped by our own writes: a read older than one is stale
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _xenstore_failures(fn: F) -> F:
+    """xenstore failing under a Backend call (xenstored gone, a request
+    refused) fails the call with Internal_error saying what failed."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except XenstoreError as e:
+            log.error("%s: xenstore failed: %s", fn.__name__, e)
+            raise InternalError(f"xenstore failed ({fn.__name__}): {e}") from e
+    return wrapper  # type: ignore[return-value]
 
 
 class XenHost:
@@ -296,6 +313,7 @@ class XenHost:
             with self._sync:
                 self._sync.notify_all()
 
+    @_xenstore_failures
     def begin_operation(self) -> None:
         """Make this operation see every xenstore write made before it (e.g.
         xenopsd's dynamic-max write just before balance_memory): a round trip
@@ -371,6 +389,7 @@ class XenHost:
             phys = self.xc.physinfo()
         return phys
 
+    @_xenstore_failures
     def snapshot(self) -> Host:
         """The host for an operation: waits for the scrubber, calibrates new
         domains' offsets, keeps the uncooperative flags and lowers maxmem."""
@@ -383,6 +402,7 @@ class XenHost:
                 self.set_maxmem(d.domid, d.target_kib)  # always safe to lower
         return host
 
+    @_xenstore_failures
     def observe(self) -> Host:
         """The host for queries and diagnostics: no waiting, no writes, so
         it can run beside an operation without disturbing it."""
@@ -676,6 +696,7 @@ class XenHost:
 
     # -- Backend: reservations -------------------------------------------------
 
+    @_xenstore_failures
     def reservations(self) -> list[Reservation]:
         total_kib = self._last_phys[2] or self.xc.physinfo().total_pages * PAGE_KIB
         return self._reservations(total_kib)
@@ -707,14 +728,17 @@ class XenHost:
             log.warning("reservation %s ignored: %s", path, why)
         return out
 
+    @_xenstore_failures
     def add_reservation(self, r: Reservation) -> None:
         self.xs.write(f"{STATE_PATH}/{r.session}/{r.reservation_id}", str(r.kib))
 
+    @_xenstore_failures
     def remove_reservation(self, session: str, reservation_id: str) -> None:
         self.xs.rm(f"{STATE_PATH}/{session}/{reservation_id}")
         if not self.xs.directory(f"{STATE_PATH}/{session}"):
             self.xs.rm(f"{STATE_PATH}/{session}")
 
+    @_xenstore_failures
     def transfer_reservation(self, r: Reservation, domid: int) -> None:
         base = domain_path(domid)
 
@@ -730,6 +754,7 @@ class XenHost:
             self._set_cached(domid, "memory/reservation-id", r.reservation_id)
         self.set_maxmem(domid, r.kib)  # so the domain builder can allocate it
 
+    @_xenstore_failures
     def domain_reservation_id(self, domid: int) -> str | None:
         return self.xs.read(f"{domain_path(domid)}/memory/reservation-id")
 

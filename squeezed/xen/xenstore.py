@@ -276,6 +276,10 @@ class XenstoreClient(_Ops):
 
     # lifecycle
 
+    def set_reconnect_timeout(self, seconds: float | None) -> None:
+        """How long a request keeps trying to (re)connect; 0 fails at once."""
+        self._reconnect_timeout_s = seconds
+
     def connect(self) -> None:
         """Connect now (normally done by the first request); raises if impossible."""
         with self._lock:
