@@ -589,13 +589,17 @@ class XenHost:
         clear: list[int] = []
         with self._lock:
             for d in host.domains:
-                if d.domid not in self._last_cooperative_s:
-                    # First sight (also after a restart): trust xenstore's flag.
+                if not d.can_balloon or d.hit_target:
+                    self._last_cooperative_s[d.domid] = now
+                elif d.domid not in self._last_cooperative_s:
+                    # First sight (also after a restart): trust xenstore's flag
+                    # until the domain reaches its target.
                     c = self._cache.get(d.domid)
                     if c is not None and c.keys.get("memory/uncooperative") is not None:
                         self._uncooperative.add(d.domid)
-                if d.domid not in self._last_cooperative_s or not d.can_balloon or d.hit_target:
-                    self._last_cooperative_s[d.domid] = now
+                        self._last_cooperative_s[d.domid] = float("-inf")
+                    else:
+                        self._last_cooperative_s[d.domid] = now
             for domid, last in list(self._last_cooperative_s.items()):
                 if domid not in all_domids:
                     self._last_cooperative_s.pop(domid, None)
