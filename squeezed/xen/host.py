@@ -188,6 +188,7 @@ class XenHost:
         self._last_reserved_kib = 0
         self._last_phys = (0, 0, 0)
         self._tot_kib: dict[int, int] = {}  # each domain's allocation at the last reading
+        self._dom0_maxmem_kib = 0  # domain 0's maxmem as Xen has it (engine frame)
         # Values left out of the arithmetic, each logged once: domid -> why,
         # and reservation path -> why.
         self._invalid: dict[int, str] = {}
@@ -398,7 +399,8 @@ class XenHost:
         self._update_cooperative(host, all_domids)
         host = self._with_flags(host)
         for d in host.domains:
-            if d.can_balloon and d.memory_max_kib > d.target_kib:
+            maxmem_kib = self._dom0_maxmem_kib if d.domid == 0 else d.memory_max_kib
+            if d.can_balloon and maxmem_kib > d.target_kib:
                 self.set_maxmem(d.domid, d.target_kib)  # always safe to lower
         return host
 
@@ -542,8 +544,9 @@ class XenHost:
                            f"allocation of {actual_raw_kib} KiB")
         maxmem_kib = max(0, maxmem_raw_kib - overhead_kib - offset_kib)
         if di.domid == 0:
-            # Domain 0's maxmem is often unlimited: count it as what the first
+            # Domain 0's maxmem is often unlimited: count it as what the
             # snapshot lowers it to, as for any ballooning domain.
+            self._dom0_maxmem_kib = maxmem_kib
             maxmem_kib = min(maxmem_kib, max(target_kib, actual_kib))
         return Domain(
             di.domid,
