@@ -50,6 +50,7 @@ def test_domain_with_bad_value_is_left_alone_flagged_and_logged_once(env, caplog
     assert env.host.snapshot().domain(2) is None  # not counted on
     invalid = env.host.describe()["invalid_domains"]
     assert set(invalid) == {2} and key in invalid[2] and why in invalid[2]
+    assert f"2 left alone: {key}" in env.svc.get_diagnostics("t")
     lines = [r for r in caplog.records if "domain 2 left alone" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     # Repaired: balanced again, and the flag goes.

@@ -33,6 +33,7 @@ def test_bad_amount_is_never_counted(env, caplog, amount):
     env.svc.get_state("t")  # still works
     bad = env.host.describe()["invalid_reservations"]
     assert list(bad) == ["/squeezed/state/evil/r1"]
+    assert "reservation /squeezed/state/evil/r1 ignored" in env.svc.get_diagnostics("t")
     env.host.snapshot()
     lines = [r for r in caplog.records if "evil/r1" in r.getMessage()]
     assert len(lines) == 1
