@@ -279,6 +279,8 @@ class XenHost:
         watcher.watch("@introduceDomain", INTRODUCE_TOKEN)
         watcher.watch("@releaseDomain", RELEASE_TOKEN)
         sync_domains()
+        with self._sync:  # a new watcher counts its events from 0
+            self._processed_seq = watcher.drained_seq
         with self._lock:
             self._watching = True
             self._watcher = watcher

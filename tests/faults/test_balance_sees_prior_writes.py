@@ -19,8 +19,9 @@ from tests.faults.xenenv import GIB, XenEnv, wait_for
 
 
 class LateWatcher(Watcher):
-    def __init__(self, *a, **kw) -> None:
+    def __init__(self, *a, slow_s: float = 0.0, **kw) -> None:
         self.released = threading.Event()
+        self.slow_s = slow_s  # and then slow to hand over what it has
         super().__init__(*a, **kw)
 
     def barrier(self, timeout_s: float = 5.0) -> int:
@@ -30,6 +31,8 @@ class LateWatcher(Watcher):
     def events(self, timeout_s: float | None = None) -> list[WatchEvent]:
         if not self.released.wait(timeout_s):
             return []
+        if self.slow_s:
+            threading.Event().wait(self.slow_s)
         return super().events(timeout_s)
 
 
@@ -57,3 +60,25 @@ def test_reserve_right_after_a_dynamic_min_write_counts_on_it(env):
     _, kib = env.svc.reserve_memory_range("t", sid, 3 * GIB + 400 * 1024, 4 * GIB)
     assert kib >= 3 * GIB + 400 * 1024
     assert wait_for(lambda: env.target(1) < 1 * GIB)
+
+
+def test_a_restarted_watcher_is_waited_for_too(env):
+    """The supervisor replaces a dead watcher with a fresh one, whose events
+    are numbered from 0 again: the progress of the old one must not count."""
+    env.svc.balance_memory("t")  # releases the first watcher
+    for i in range(100):  # the old watcher gets far ahead
+        env.client.write("/local/domain/2/data/updated", str(i))
+    env.svc.balance_memory("t")
+    env.stop.set()
+    env.wt.join(5)
+    env.watcher.close()
+    # A fresh watcher, as the supervisor starts after a crash.
+    env.stop = threading.Event()
+    env.watcher = LateWatcher(env.sim.xenstored_path, slow_s=0.3)
+    env.wt = threading.Thread(target=env.host.run_watcher, args=(env.watcher, env.stop),
+                              daemon=True)
+    env.wt.start()
+    assert wait_for(lambda: env.host._watching)
+    env.client.write("/local/domain/1/memory/dynamic-max", str(5 * GIB // 2))
+    env.svc.balance_memory("t")
+    assert env.target(1) == 5 * GIB // 2
