@@ -112,6 +112,7 @@ class Daemon:
         # instant (an Event's lock may be held by the thread being interrupted).
         self.stop_requested = False
         self.reload_requested = False
+        self.late_start_failed = False  # xenstored came late, then the host was unreadable
 
     # -- paths ------------------------------------------------------------
 
@@ -202,8 +203,9 @@ class Daemon:
         try:
             self._read_host()
         except StartupError as e:
-            # Reached but unusable: exit as a failed start would (systemd restarts us).
+            # Reached but unusable: exit 1 as a failed start would (systemd restarts us).
             log.error("%s", e)
+            self.late_start_failed = True
             self.stop_requested = True
             signal.raise_signal(signal.SIGTERM)
             return
@@ -392,7 +394,8 @@ class Daemon:
         if self.initial is not None:
             self.initial.abort()  # callers waiting for it get an error reply
         self.sup.stop.set()
-        return self.shutdown()
+        rc = self.shutdown()
+        return 1 if self.late_start_failed else rc
 
     # -- signals ----------------------------------------------------------
 
