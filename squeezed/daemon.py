@@ -26,6 +26,7 @@ from typing import Any
 from squeezed import __version__, systemd
 from squeezed.config import ConfigError, apply_reloadable, format_config, help_text, load
 from squeezed.engine.operations import OperationAbandoned
+from squeezed.errors import InternalError
 from squeezed.logsetup import set_level, setup_logging
 from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
 from squeezed.supervisor import Supervisor
@@ -244,8 +245,11 @@ class Daemon:
         try:
             while not stop.wait(self.cfg.balance_check_interval_s):
                 beat()
-                if self.service.balance_if_unbalanced():
-                    log.info("periodic balancer rebalanced host memory")
+                try:
+                    if self.service.balance_if_unbalanced():
+                        log.info("periodic balancer rebalanced host memory")
+                except InternalError as e:  # the host failed (a refused write, the deadline)
+                    log.error("periodic balance failed: %s", e.message)
                 beat()
         finally:
             self.sup.heartbeats.unregister("balancer")
