@@ -440,6 +440,7 @@ class XenHost:
         reserved_kib = 0
         domains: list[Domain] = []
         tot_kib: dict[int, int] = {}
+        left_alone: set[int] = set()
         # Dying domains are read like any other, as upstream does: once their
         # xenstore directory is gone they drop out for lack of keys.
         for di in infos:
@@ -450,6 +451,7 @@ class XenHost:
                 d, unaccounted_kib = self._domain(di, calibrate, total_kib)
             except _Invalid as e:
                 self._flag_invalid(di.domid, str(e))
+                left_alone.add(di.domid)
                 continue
             self._flag_invalid(di.domid, None)
             if d is not None:
@@ -461,7 +463,10 @@ class XenHost:
         free_kib = phys.free_pages * PAGE_KIB
         scrub_kib = phys.scrub_pages * PAGE_KIB
         for r in self._reservations(total_kib):
-            if r.in_transfer_domid is None or r.in_transfer_domid not in all_domids:
+            # A reservation transferred to a domain left alone for bad values
+            # cannot count through that domain: it counts here instead.
+            if (r.in_transfer_domid is None or r.in_transfer_domid not in all_domids
+                    or r.in_transfer_domid in left_alone):
                 reserved_kib += r.kib
         with self._lock:
             self._tot_kib = tot_kib

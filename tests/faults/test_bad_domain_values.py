@@ -80,3 +80,17 @@ def test_operation_deadline_fails_with_internal_error_and_releases_the_lock(shor
         assert rid
     finally:
         env.close()
+
+
+def test_reservation_of_a_domain_left_alone_still_counts(env):
+    """An unbooted domain with a bad initial-reservation is left alone; the
+    reservation transferred to it must not vanish from the accounting."""
+    env.sim.create_domain(5, target_kib=256 * MIB, dynamic_min_kib=256 * MIB,
+                          dynamic_max_kib=256 * MIB)
+    free0 = env.host.snapshot().free_mem_kib
+    env.client.write("/squeezed/state/xenopsd/r5", str(256 * MIB))
+    env.client.write("/squeezed/state/xenopsd/r5/in-transfer", "5")
+    env.client.write("/local/domain/5/memory/initial-reservation", "-5")
+    host = env.host.snapshot()
+    assert host.domain(5) is None and 5 in env.host.describe()["invalid_domains"]
+    assert host.free_mem_kib == free0 - 256 * MIB
