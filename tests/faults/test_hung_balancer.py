@@ -49,3 +49,50 @@ def test_hung_balancer_pass_makes_the_daemon_unhealthy():
         svc.release.set()
         t.join(10)
     assert wait_for(lambda: "balancer" not in d.sup.heartbeats.status())
+
+
+class HungHost:
+    """run_watcher that beats once, then hangs (a blocked xenstore read, say)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def run_watcher(self, watcher, stop, beat=None) -> None:
+        if beat is not None:
+            beat()
+        self.entered.set()
+        self.release.wait(30)
+
+
+def test_hung_watcher_loop_makes_the_daemon_unhealthy(monkeypatch):
+    import squeezed.daemon as daemon_mod
+    import squeezed.xen.xenstore as xenstore_mod
+
+    class NoWatcher:
+        def __init__(self, path) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(xenstore_mod, "Watcher", NoWatcher)
+    d = Daemon(DEFAULTS, SimpleNamespace(simulate=None), None)
+    d.xs_path = "/nonexistent"
+    now = [0.0]
+    d.sup.heartbeats = Heartbeats(clock=lambda: now[0])
+    host = HungHost()
+    d.host = host
+    stop = threading.Event()
+    t = threading.Thread(target=d._watcher, args=(stop,))
+    t.start()
+    try:
+        assert host.entered.wait(10)
+        now[0] = daemon_mod.WATCHER_MAX_SILENCE_S - 1
+        assert d.sup.heartbeats.late() == []
+        now[0] = daemon_mod.WATCHER_MAX_SILENCE_S + 1
+        assert d.sup.heartbeats.late() == ["xenstore-watcher"]
+    finally:
+        stop.set()
+        host.release.set()
+        t.join(10)
