@@ -825,9 +825,12 @@ class XenHost:
         if dynamic_max_bytes is not None:
             dmax_kib = kib_of_bytes(dynamic_max_bytes)
         else:  # "auto": keep what an earlier run chose, else its allocation now
-            dmax_kib = _int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max")) or (
-                self.dom0_total_bytes() // 1024
-            )
+            earlier_kib = _int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
+            total_kib = self.xc.physinfo().total_pages * PAGE_KIB
+            if earlier_kib is not None and 0 < earlier_kib <= total_kib:
+                dmax_kib = earlier_kib
+            else:  # none yet, or not a value the host could hold
+                dmax_kib = self.dom0_total_bytes() // 1024
         self._write_domain_key(0, "memory/dynamic-max", str(dmax_kib))
         if self.xs.read(f"{domain_path(0)}/memory/target") is None:
             self._write_domain_key(0, "memory/target", str(dmax_kib))
