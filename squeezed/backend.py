@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from squeezed.engine.io import HostIO
 from squeezed.engine.model import Host
-from squeezed.engine.operations import HostIO
 
 
 @dataclass(frozen=True)

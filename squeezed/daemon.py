@@ -18,18 +18,33 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from squeezed import __version__, systemd
-from squeezed.config import ConfigError, apply_reloadable, format_config, help_text, load
-from squeezed.engine.operations import OperationAbandoned
+from squeezed.config import (
+    Config,
+    ConfigError,
+    Options,
+    Origin,
+    apply_reloadable,
+    format_config,
+    help_text,
+    load,
+)
+from squeezed.engine.errors import DeadlineExceeded, HostFailed, OperationAbandoned
 from squeezed.errors import InternalError
 from squeezed.logsetup import set_level, setup_logging
 from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
 from squeezed.supervisor import Supervisor
+
+if TYPE_CHECKING:  # imported when used: a production start never loads the simulator
+    from squeezed.rpc.server import RpcServer
+    from squeezed.sim.xenhost import SimulatedXenHost
+    from squeezed.xen.host import XenHost
+    from squeezed.xen.xenstore import XenstoreClient
 
 log = logging.getLogger("squeezed")
 
@@ -96,19 +111,22 @@ class PidLockContext:
 
 
 class Daemon:
-    def __init__(self, cfg: Any, opts: Any, provenance: Any) -> None:
+    xs_path: str | None  # set by _open_host
+    run_dir: Path  # set by _run
+
+    def __init__(self, cfg: Config, opts: Options, provenance: Mapping[str, Origin]) -> None:
         self.cfg = cfg
         self.opts = opts
         self.provenance = provenance
         self.sup = Supervisor()
-        self.sim: Any = None
-        self.host: Any = None
+        self.sim: SimulatedXenHost | None = None
+        self.host: XenHost | None = None
         self.service: MemoryService | None = None
-        self.servers: list[Any] = []
+        self.servers: list[RpcServer] = []
         self.initial: InitialFreeMemory | None = None
         self.ready = False
         self.owns_run_dir = False
-        self.xs: Any = None
+        self.xs: XenstoreClient | None = None
         # Set by signal handlers: plain flags, which are safe to set at any
         # instant (an Event's lock may be held by the thread being interrupted).
         self.stop_requested = False
@@ -130,6 +148,10 @@ class Daemon:
         return value
 
     # -- start-up ---------------------------------------------------------
+
+    def _xen(self) -> XenHost:
+        assert self.host is not None, "_open_host comes first"
+        return self.host
 
     def _open_host(self) -> bool:
         """Open libxenctrl (no hypervisor: StartupError, exit 1) and try
@@ -177,10 +199,10 @@ class Daemon:
         systemd.status("reading the host")
         try:
             if self.cfg.manage_domain_zero:
-                self.host.configure_domain_zero(
+                self._xen().configure_domain_zero(
                     self.cfg.domain_zero_dynamic_min_bytes, self.cfg.domain_zero_dynamic_max_bytes
                 )
-            self.host.snapshot()  # the host has been read once before serving it
+            self._xen().snapshot()  # the host has been read once before serving it
         except OperationAbandoned:
             raise StopDuringStartup() from None
         except Exception as e:
@@ -248,8 +270,9 @@ class Daemon:
                 try:
                     if self.service.balance_if_unbalanced():
                         log.info("periodic balancer rebalanced host memory")
-                except InternalError as e:  # the host failed (a refused write, the deadline)
-                    log.error("periodic balance failed: %s", e.message)
+                except (InternalError, HostFailed, DeadlineExceeded) as e:
+                    # the host failed (a refused write), or the deadline passed
+                    log.error("periodic balance failed: %s", e)
                 beat()
         finally:
             self.sup.heartbeats.unregister("balancer")
@@ -261,7 +284,7 @@ class Daemon:
         beat = self.sup.heartbeats.register("xenstore-watcher", WATCHER_MAX_SILENCE_S)
         watcher = Watcher(self.xs_path)
         try:
-            self.host.run_watcher(watcher, stop, beat)
+            self._xen().run_watcher(watcher, stop, beat)
         finally:
             self.sup.heartbeats.unregister("xenstore-watcher")
             watcher.close()
@@ -278,7 +301,7 @@ class Daemon:
                 raise SystemExit(0)
 
         value = measure_stable(
-            self.host.boot_time_free_bytes,
+            self._xen().boot_time_free_bytes,
             self.cfg.boot_time_host_free_memory_minimal_constant_count,
             self.cfg.boot_time_host_free_memory_check_interval_s,
             sleep=sleep,
@@ -326,6 +349,8 @@ class Daemon:
         else:
             self.run_dir = Path("/var/run/squeezed")
         host_read = self._open_host()
+        host, xs = self._xen(), self.xs
+        assert xs is not None
         initial = self.initial = InitialFreeMemory(
             self._path("boot-time-memory-file", "boot_time_memory"))
         if self.opts.simulate is not None and not self._explicit("boot-time-memory-file"):
@@ -333,10 +358,10 @@ class Daemon:
                 os.unlink(initial.path)  # a fresh simulated host each time
         initial.load_persisted()
         self.service = MemoryService(
-            self.host, self.cfg.engine_config(),
+            host, self.cfg.engine_config(),
             Dom0Policy(self.cfg.manage_domain_zero, self.cfg.domain_zero_dynamic_min_bytes,
                        self.cfg.domain_zero_dynamic_max_bytes),
-            initial, self.host.dom0_total_bytes, self.host.dom0_dynamic_max_bytes,
+            initial, host.dom0_total_bytes, host.dom0_dynamic_max_bytes,
         )
         self.service.on_set_log_level = set_level
         self._start_servers()
@@ -350,7 +375,7 @@ class Daemon:
         # time the start out, and restarts would burn systemd's start limit.
         systemd.ready()
         systemd.status("serving" if host_read else
-                       f"waiting for xenstored at {self.xs.path} (retrying every "
+                       f"waiting for xenstored at {xs.path} (retrying every "
                        f"{XENSTORED_RETRY_S:g} s)")
         log.info("squeezed %s ready%s", __version__,
                  f" (simulated host in {self.run_dir})" if self.sim else "")
@@ -361,9 +386,9 @@ class Daemon:
             print(f"squeezed: simulated Xen host in {self.run_dir}; XML-RPC on {sock}\n"
                   f"  try: {ctl_cmd} --socket {sock} diagnostics   (state, reserve-range ...)",
                   file=sys.stderr, flush=True)
-        interval = systemd.watchdog_interval_s()
-        if interval:
-            systemd.Watchdog(interval, self.sup.healthy).start()
+        watchdog = systemd.Watchdog.from_environment(self.sup.healthy)
+        if watchdog is not None:
+            watchdog.start()
         self.ready = True
         return self._main_loop()
 

@@ -19,10 +19,12 @@ from typing import Any
 
 from squeezed import __version__
 from squeezed.backend import Backend, Reservation
+from squeezed.engine import errors as engine_errors
 from squeezed.engine import operations as ops
 from squeezed.engine.operations import EngineConfig
 from squeezed.errors import (
     CannotFreeThisMuchMemory,
+    DomainsRefusedToCooperate,
     InternalError,
     InvalidMemoryValue,
     MemoryError_,
@@ -36,6 +38,22 @@ DEFAULT_SESSION = "default"  # the session of the sessionless Memory.* dialect
 INT64_MAX = 2**63 - 1
 _DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib", "dynamic_max_kib",
                         "memory_actual_kib", "memory_max_kib")
+
+
+def wire_error(e: engine_errors.EngineError, reserve_kib: int) -> MemoryError_:
+    """The one place where the engine's errors become the interface's (as
+    upstream's memory_server.ml `wrap`): amounts net of the kept reserve."""
+    if isinstance(e, MemoryError_):  # a host's failure that is one already (XenHost's)
+        return e
+    if isinstance(e, engine_errors.CannotFree):
+        return CannotFreeThisMuchMemory(e.needed_kib - reserve_kib, e.free_kib - reserve_kib)
+    if isinstance(e, engine_errors.DomainsRefused):
+        return DomainsRefusedToCooperate(e.domids)
+    if isinstance(e, engine_errors.InvalidAmount):
+        return InvalidMemoryValue(e.value_kib)
+    if isinstance(e, engine_errors.OperationAbandoned):
+        return InternalError("squeezed is shutting down; operation abandoned")
+    return InternalError(str(e))  # DeadlineExceeded, HostFailed
 
 
 @dataclass(frozen=True)
@@ -152,18 +170,16 @@ class MemoryService:
         try:
             with self._op_lock:
                 result = fn()
-        except CannotFreeThisMuchMemory as e:
-            # Callers see amounts net of the kept reserve, as upstream reports.
-            rec.outcome = e.name
-            raise CannotFreeThisMuchMemory(
-                e.needed_kib - self.cfg.reserve_kib, e.free_kib - self.cfg.reserve_kib
-            ) from None
+        except engine_errors.EngineError as e:
+            err = wire_error(e, self.cfg.reserve_kib)
+            abandoned = isinstance(e, engine_errors.OperationAbandoned)
+            rec.outcome = "abandoned" if abandoned else err.name
+            if err is e:
+                raise
+            raise err from None
         except MemoryError_ as e:
             rec.outcome = e.name
             raise
-        except ops.OperationAbandoned:
-            rec.outcome = "abandoned"
-            raise InternalError("squeezed is shutting down; operation abandoned") from None
         finally:
             rec.elapsed_s = time.monotonic() - t0
         rec.outcome = "success"
@@ -276,7 +292,7 @@ class MemoryService:
             rec = self._record("auto-balance", "periodic")
             try:
                 ops.balance(self.backend, self.cfg)
-            except ops.OperationAbandoned:
+            except engine_errors.OperationAbandoned:
                 rec.outcome = "abandoned"
                 return False
             rec.outcome = "success"

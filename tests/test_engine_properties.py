@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from squeezed.engine import EngineConfig, balance, free_memory, free_memory_range, reserve
-from squeezed.errors import CannotFreeThisMuchMemory, DomainsRefusedToCooperate
+from squeezed.engine.errors import CannotFree, DomainsRefused
 from squeezed.sim.drivers import Ceiling, Floor, Ideal, Intermittent, SlowStart, Stuck
 from squeezed.sim.virtual import SimDomain, SimulatedHost
 
@@ -152,7 +152,7 @@ def test_engine_properties(host_spec, op, reserve_kib):
             needed_kib = lo + reserve_kib
         else:
             balance(host, cfg)
-    except (CannotFreeThisMuchMemory, DomainsRefusedToCooperate):
+    except (CannotFree, DomainsRefused):
         pass
     check_ranges_and_physics(host, before)
     assert host.now() < MAX_SIM_S
@@ -179,10 +179,10 @@ def test_failure_is_fast_when_impossible(host_spec, kib):
     try:
         free_memory(host, EngineConfig(reserve_kib=0, stuck_after_s=STUCK_AFTER_S), kib)
         assert free_kib + freeable >= kib
-    except CannotFreeThisMuchMemory:
+    except CannotFree:
         if free_kib + freeable < kib:
             assert host.now() == 0 and host.targets_written == []
-    except DomainsRefusedToCooperate:
+    except DomainsRefused:
         assert free_kib + freeable >= kib
 
 
@@ -208,7 +208,7 @@ def test_ideal_drivers_always_succeed_when_possible(specs, kib):
         limit_s = max((actual0[d.domid] - d.target_kib) / d.driver.rate_kib_s
                       for d in host.domains)
         assert host.now() <= limit_s + 0.1
-    except CannotFreeThisMuchMemory:
+    except CannotFree:
         # In between, drivers stopping within inaccuracy may fall short.
         assert not sure
         if impossible:

@@ -25,14 +25,21 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from squeezed.backend import Reservation
+from squeezed.engine.errors import HostFailed, OperationAbandoned
 from squeezed.engine.model import Domain, Host
-from squeezed.engine.operations import OperationAbandoned
 from squeezed.errors import InternalError
 from squeezed.xen.xenctrl import DomainInfo, PhysInfo, XenCtrlError
 from squeezed.xen.xenstore import Transaction, WatchEvent, XenstoreError
 
 log = logging.getLogger("squeezed.xen.host")
 T = TypeVar("T")
+
+
+class XenHostError(InternalError, HostFailed):
+    """The Xen host failed (xenstore or a hypercall refused, the watcher dead):
+    for the engine a HostFailed (the operation gives back what it freed), for
+    the service's own calls (transfer, the reservation table) Internal_error
+    on the wire, with this message."""
 
 
 class XenCtrlLike(Protocol):
@@ -154,7 +161,7 @@ def _xenstore_failures(fn: F) -> F:
             return fn(*args, **kwargs)
         except XenstoreError as e:
             log.error("%s: xenstore failed: %s", fn.__name__, e)
-            raise InternalError(f"xenstore failed ({fn.__name__}): {e}") from e
+            raise XenHostError(f"xenstore failed ({fn.__name__}): {e}") from e
     return wrapper  # type: ignore[return-value]
 
 
@@ -289,7 +296,7 @@ class XenHost:
                 if beat is not None:
                     beat()
                 if not watcher.alive():
-                    raise InternalError("the xenstore watcher's reader thread died")
+                    raise XenHostError("the xenstore watcher's reader thread died")
                 events = watcher.events(0.5)
                 seq = watcher.drained_seq
                 dirty: set[int] = set()
@@ -631,11 +638,11 @@ class XenHost:
             self._rm_domain_key(domid, "memory/uncooperative")
 
     @staticmethod
-    def _write_failed(what: str, value: str, e: Exception) -> InternalError:
+    def _write_failed(what: str, value: str, e: Exception) -> XenHostError:
         """A write squeezed cannot do (refused, quota, xenstored gone): never
         blamed on the guest, never taken as done."""
         log.error("xenstore write %s = %s failed: %s", what, value, e)
-        return InternalError(f"xenstore write {what} = {value} failed: {e}")
+        return XenHostError(f"xenstore write {what} = {value} failed: {e}")
 
     def _write_domain_key(self, domid: int, key: str, value: str) -> bool:
         """Write only if the domain still exists in xenstore: a write to a
@@ -671,7 +678,7 @@ class XenHost:
     def set_target(self, domid: int, target_kib: int) -> None:
         if target_kib < 0:
             log.error("refusing negative target %d for domain %d", target_kib, domid)
-            raise InternalError(f"refusing negative target {target_kib} KiB for domain {domid}")
+            raise XenHostError(f"refusing negative target {target_kib} KiB for domain {domid}")
         self._write_domain_key(domid, "memory/target", str(target_kib))
 
     def set_maxmem(self, domid: int, maxmem_kib: int) -> None:
@@ -702,11 +709,11 @@ class XenHost:
                 log.info("domain %d was destroyed mid-operation: maxmem not set", domid)
                 return
             log.error("setting maxmem of domain %d to %d KiB failed: %s", domid, kib, e)
-            raise InternalError(f"setting maxmem of domain {domid} to {kib} KiB failed: {e}"
+            raise XenHostError(f"setting maxmem of domain {domid} to {kib} KiB failed: {e}"
                                 ) from e
         except ValueError as e:  # out of the hypercall's range
             log.error("setting maxmem of domain %d to %d KiB refused: %s", domid, kib, e)
-            raise InternalError(f"setting maxmem of domain {domid} to {kib} KiB: {e}") from e
+            raise XenHostError(f"setting maxmem of domain {domid} to {kib} KiB: {e}") from e
 
     # -- Backend: reservations -------------------------------------------------
 
@@ -806,7 +813,7 @@ class XenHost:
     def dom0_total_bytes(self) -> int:
         dom0 = [di for di in self.xc.domain_list() if di.domid == 0]
         if not dom0:
-            raise InternalError("domain 0 is missing from the hypervisor's domain list")
+            raise XenHostError("domain 0 is missing from the hypervisor's domain list")
         return dom0[0].tot_pages * PAGE_KIB * 1024
 
     def dom0_dynamic_max_bytes(self) -> int | None:
