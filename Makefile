@@ -36,7 +36,7 @@ PKG_FILES   = $(shell find squeezed -name __pycache__ -prune -o -type f \
 help:
 	@echo "make test       run the test suite (./dev test)"
 	@echo "make run        run squeezed on the simulated host (./dev run)"
-	@echo "make lint       ruff check"
+	@echo "make lint       ruff check and mypy (as CI: tests/test_lint.py)"
 	@echo "make bench      engine benchmark"
 	@echo "make test-xen   tests against real Xen under QEMU"
 	@echo "make docs       regenerate docs/api.md from the IDL"
@@ -54,6 +54,7 @@ run:
 
 lint: $(STAMP)
 	.venv/bin/ruff check .
+	.venv/bin/mypy squeezed
 
 bench: $(STAMP)
 	$(VENV) bench/bench_engine.py

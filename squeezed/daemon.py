@@ -111,7 +111,7 @@ class PidLockContext:
 
 
 class Daemon:
-    xs_path: str | None  # set by _open_host
+    xs_path: str  # set by _open_host
     run_dir: Path  # set by _run
 
     def __init__(self, cfg: Config, opts: Options, provenance: Mapping[str, Origin]) -> None:
@@ -163,7 +163,7 @@ class Daemon:
         from squeezed.xen.xenstore import XenstoreClient
 
         lib = self.cfg.libxenctrl or None
-        xs_path = self.cfg.xenstored_socket or None
+        xs_path = self.cfg.xenstored_socket_path()
         if self.opts.simulate is not None:
             from squeezed.sim.launch import start_simulated_host
 
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     pidfile = None if opts.simulate is not None and not daemon._explicit("pidfile") else cfg.pidfile
     try:
         if opts.daemon:
-            import daemon as pydaemon  # python-daemon
+            import daemon as pydaemon  # type: ignore[import-untyped]  # python-daemon
 
             if not pidfile:
                 raise StartupError("--daemon needs a pidfile")

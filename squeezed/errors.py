@@ -106,8 +106,9 @@ ALL_ERRORS: tuple[type[MemoryError_], ...] = (
 
 def from_wire(value: Any) -> MemoryError_:
     """Rebuild an exception from its wire form (used by clients)."""
+    arg: Any = None  # whatever the server sent: checked by the conversions below
     if isinstance(value, str):
-        name, arg = value, None
+        name = value
     elif isinstance(value, list) and value and isinstance(value[0], str):
         name = value[0]
         arg = value[1] if len(value) == 2 else value[1:]

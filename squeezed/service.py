@@ -170,16 +170,14 @@ class MemoryService:
         try:
             with self._op_lock:
                 result = fn()
+        except MemoryError_ as e:  # the service's own, or a host's (XenHostError)
+            rec.outcome = e.name
+            raise
         except engine_errors.EngineError as e:
             err = wire_error(e, self.cfg.reserve_kib)
             abandoned = isinstance(e, engine_errors.OperationAbandoned)
             rec.outcome = "abandoned" if abandoned else err.name
-            if err is e:
-                raise
             raise err from None
-        except MemoryError_ as e:
-            rec.outcome = e.name
-            raise
         finally:
             rec.elapsed_s = time.monotonic() - t0
         rec.outcome = "success"

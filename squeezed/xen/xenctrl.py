@@ -163,7 +163,8 @@ CDEF = (
     """
 )
 
-ffi = cffi.FFI()
+# Any: cdata fields and the RTLD_* flags come from the cdef, which no stub can see.
+ffi: Any = cffi.FFI()
 ffi.cdef(CDEF)
 
 # Types whose layout the binding declares by hand; the ABI test compares the

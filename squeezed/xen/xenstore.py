@@ -26,7 +26,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, TypeVar
 
 from squeezed.xen.xs_wire import (
@@ -59,9 +59,11 @@ _IDEMPOTENT = frozenset(
 )
 
 
-def default_socket_path() -> str:
-    """``$XENSTORED_PATH`` (honoured by libxenstore too), else the standard socket."""
-    return os.environ.get("XENSTORED_PATH") or DEFAULT_SOCKET
+def default_socket_path(environ: Mapping[str, str] | None = None) -> str:
+    """``$XENSTORED_PATH`` (honoured by libxenstore too), else the standard socket.
+    The one place this is decided (the configuration's default defers to it)."""
+    env = os.environ if environ is None else environ
+    return env.get("XENSTORED_PATH") or DEFAULT_SOCKET
 
 
 class XenstoreError(Exception):
