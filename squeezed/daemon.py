@@ -142,7 +142,7 @@ class Daemon:
     def _path(self, key: str, sim_name: str) -> str:
         """With --simulate, paths nobody set explicitly go to the run dir,
         never to a system directory."""
-        value = getattr(self.cfg, key.replace("-", "_"))
+        value: str = getattr(self.cfg, key.replace("-", "_"))
         if self.opts.simulate is not None and not self._explicit(key):
             return str(self.run_dir / sim_name)
         return value
