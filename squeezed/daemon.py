@@ -18,7 +18,7 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ from squeezed.config import (
     Config,
     ConfigError,
     Options,
-    Origin,
+    Provenance,
     apply_reloadable,
     format_config,
     help_text,
@@ -41,7 +41,6 @@ from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measu
 from squeezed.supervisor import Supervisor
 
 if TYPE_CHECKING:  # imported when used: a production start never loads the simulator
-    from squeezed.rpc.server import RpcServer
     from squeezed.sim.xenhost import SimulatedXenHost
     from squeezed.xen.host import XenHost
     from squeezed.xen.xenstore import XenstoreClient
@@ -114,7 +113,7 @@ class Daemon:
     xs_path: str  # set by _open_host
     run_dir: Path  # set by _run
 
-    def __init__(self, cfg: Config, opts: Options, provenance: Mapping[str, Origin]) -> None:
+    def __init__(self, cfg: Config, opts: Options, provenance: Provenance) -> None:
         self.cfg = cfg
         self.opts = opts
         self.provenance = provenance
@@ -122,7 +121,7 @@ class Daemon:
         self.sim: SimulatedXenHost | None = None
         self.host: XenHost | None = None
         self.service: MemoryService | None = None
-        self.servers: list[RpcServer] = []
+        self.servers: list[Any] = []
         self.initial: InitialFreeMemory | None = None
         self.ready = False
         self.owns_run_dir = False
@@ -386,9 +385,9 @@ class Daemon:
             print(f"squeezed: simulated Xen host in {self.run_dir}; XML-RPC on {sock}\n"
                   f"  try: {ctl_cmd} --socket {sock} diagnostics   (state, reserve-range ...)",
                   file=sys.stderr, flush=True)
-        watchdog = systemd.Watchdog.from_environment(self.sup.healthy)
-        if watchdog is not None:
-            watchdog.start()
+        interval = systemd.watchdog_interval_s()
+        if interval:
+            systemd.Watchdog(interval, self.sup.healthy).start()
         self.ready = True
         return self._main_loop()
 

@@ -1,6 +1,5 @@
 """The daemon pings systemd's watchdog when systemd asks for it
-($WATCHDOG_USEC), through systemd.Watchdog.from_environment: READY=1, then
-WATCHDOG=1 about every half interval."""
+($WATCHDOG_USEC): READY=1, then WATCHDOG=1 about every half interval."""
 
 from __future__ import annotations
 
