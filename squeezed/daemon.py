@@ -203,7 +203,17 @@ class Daemon:
             from squeezed.sim.switch import SimulatedSwitch
 
             self.sim_switch = SimulatedSwitch(path).start()
-        once = ExactlyOnce(self.service, XenstoreRecords(self.xs), self.host.reservations)
+        # Test hook: block a request for ever at this point (before-record, before-reply),
+        # so that a test can kill squeezed there.
+        hold_at = os.environ.get("SQUEEZED_TEST_HOLD_SWITCH")
+
+        def hold(point: str) -> None:
+            if point == hold_at:
+                log.warning("test hook: holding a request at %s", point)
+                threading.Event().wait()
+
+        once = ExactlyOnce(self.service, XenstoreRecords(self.xs), self.host.reservations,
+                           hold=hold if hold_at else None)
         codec = _JsonCodec(Dispatcher(once))  # the same dispatcher and codec as json-socket
         last_prune = [0.0]
 
@@ -217,7 +227,7 @@ class Daemon:
 
         self.switch = SwitchServer(
             path, lambda payload: codec.handle(payload.encode("utf-8")).decode("utf-8"),
-            heartbeats=self.sup.heartbeats, on_idle=prune)
+            heartbeats=self.sup.heartbeats, on_idle=prune, hold=hold if hold_at else None)
         self.sup.spawn("message-switch", self.switch.run)
 
     def _balancer(self, stop: threading.Event) -> None:

@@ -93,7 +93,9 @@ class Connection:
 
 
 class SwitchClient:
-    """`rpc(queue, payload, timeout_s)` returns the response payload."""
+    """`rpc(queue, payload, timeout_s)` returns the response payload; safe to
+    share between threads. The reply queue is named by the token, so keep one
+    client per process (as upstream does) or give each its own token."""
 
     def __init__(self, path: str = p.DEFAULT_SWITCH_PATH, *, token: str | None = None,
                  io_timeout_s: float = 10.0) -> None:
@@ -218,11 +220,12 @@ class SwitchMemoryClient:
     the same contract as squeezed.rpc.client.MemoryClient.call."""
 
     def __init__(self, path: str = p.DEFAULT_SWITCH_PATH, *, queue: str = p.QUEUE_NAME,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, client: SwitchClient | None = None) -> None:
         self.path = path
         self.queue = queue
         self.timeout = timeout
-        self._client: SwitchClient | None = None
+        self._client = client  # shared (one per process, as upstream) or made on first call
+        self._owns = client is None
         self._next_id = 0
 
     def call_raw(self, method: str, *params: Any) -> tuple[str, Any]:
@@ -256,7 +259,7 @@ class SwitchMemoryClient:
         raise from_wire(value)
 
     def close(self) -> None:
-        if self._client is not None:
+        if self._client is not None and self._owns:
             self._client.close()
             self._client = None
 

@@ -139,13 +139,15 @@ class ExactlyOnce:
 
     def __init__(self, service: Any, store: RecordStore,
                  reservations: Callable[[], list[Reservation]],
-                 clock: Callable[[], float] = time.time, ttl_s: float = RECORD_TTL_S) -> None:
+                 clock: Callable[[], float] = time.time, ttl_s: float = RECORD_TTL_S,
+                 hold: Callable[[str], None] | None = None) -> None:
         self._service = service
         self.store = store
         self._reservations = reservations
         self._clock = clock
         self.ttl_s = ttl_s
         self.replayed = 0  # requests answered from a record
+        self._hold = hold  # test hook: called at "before-record"
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._service, name)
@@ -193,6 +195,8 @@ class ExactlyOnce:
             raise
         if result_reservation is not None:
             reservation = result_reservation(value)
+        if self._hold is not None:
+            self._hold("before-record")
         self._save(key, op, reservation, outcome="ok",
                    value=list(value) if isinstance(value, tuple) else value)
         return value

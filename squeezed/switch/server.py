@@ -58,6 +58,7 @@ class SwitchServer:
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 2.0,
         on_idle: Callable[[], None] | None = None,
+        hold: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
         self.process = process
@@ -69,6 +70,7 @@ class SwitchServer:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.on_idle = on_idle
+        self._hold = hold  # test hook: called at "before-reply"
         self.connected = threading.Event()  # serving the queue right now
         self.connections = 0  # successful (re)connections, for tests and diagnostics
         self.served = 0
@@ -192,6 +194,8 @@ class SwitchServer:
         try:
             current.set(ident)
             reply = self.process(msg.payload)
+            if self._hold is not None:
+                self._hold("before-reply")
             if conn is None:
                 raise SwitchError("disconnected")
             with self._reply_lock:
