@@ -185,6 +185,16 @@ class ExactlyOnce:
         return next((r for r in self._reservations()
                      if r.session == session and r.reservation_id == rid), None)
 
+    def _made_before(self, session: str) -> Reservation | None:
+        """The reservation this request made before it was interrupted, if any."""
+        rid = new_reservation_id()
+        found = self._exists(session, rid)
+        if found is not None:
+            self.replayed += 1
+            log.info("request delivered again: its reservation %s was made before an "
+                     "interruption; answering with it", rid)
+        return found
+
     def _run(self, key: str, op: str, reservation: tuple[str, str] | None,
              fn: Callable[[], Any], result_reservation: Callable[[Any], tuple[str, str]] | None
              = None) -> Any:
@@ -210,7 +220,7 @@ class ExactlyOnce:
         rec = self._load(ident.key)
         if rec is not None:
             return self._replay(ident.key, rec)
-        made = self._exists(session_id, new_reservation_id())
+        made = self._made_before(session_id)
         if made is not None:  # made before a crash, never recorded
             return self._run(ident.key, "reserve_memory", (session_id, made.reservation_id),
                              lambda: made.reservation_id)
@@ -226,7 +236,7 @@ class ExactlyOnce:
         rec = self._load(ident.key)
         if rec is not None:
             return self._replay(ident.key, rec)
-        made = self._exists(session_id, new_reservation_id())
+        made = self._made_before(session_id)
         if made is not None:
             return self._run(ident.key, "reserve_memory_range",
                              (session_id, made.reservation_id),
