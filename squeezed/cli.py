@@ -235,7 +235,8 @@ def main(
               "may still complete (check `squeezectl state`)", file=err)
         return EXIT_NO_REPLY
     except ConnectionFailed as e:
-        print(f"squeezectl: cannot connect to {path}: {e.reason}. Is squeezed running?", file=err)
+        what = "message-switch" if args.switch else "squeezed"
+        print(f"squeezectl: cannot connect to {path}: {e.reason}. Is {what} running?", file=err)
         return EXIT_CONNECT
     except MemoryError_ as e:
         wire_err = e.wire()

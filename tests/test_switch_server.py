@@ -200,3 +200,27 @@ def test_heartbeat_is_registered_and_beats(short_tmp: Path) -> None:
             time.sleep(0.01)
         assert hb.late() == []
     assert HEARTBEAT not in hb.status()  # unregistered when the loop ends
+
+
+def test_squeezectl_through_the_switch(short_tmp: Path) -> None:
+    import io
+
+    from squeezed.cli import EXIT_CONNECT, EXIT_OK, EXIT_SERVICE, main
+
+    path = str(short_tmp / "switch")
+    with SimulatedSwitch(path), Serving(path) as s:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["--switch", path, "reserve-range", "1024", "4096"], stdout=out,
+                    stderr=err) == EXIT_OK, err.getvalue()
+        assert out.getvalue().split() == ["res-2", "1572864"]
+        assert s.fake.calls == [("reserve_memory_range", ("squeezectl", "default", 1024, 4096))]
+        from squeezed.errors import NoReservation
+
+        s.fake.raise_next = NoReservation()
+        assert main(["--switch", path, "query-domain", "3"], stdout=out,
+                    stderr=err) == EXIT_SERVICE
+        assert "No_reservation" in err.getvalue()
+    err = io.StringIO()
+    assert main(["--switch", path, "diagnostics"], stdout=io.StringIO(), stderr=err) == \
+        EXIT_CONNECT
+    assert "Is message-switch running?" in err.getvalue()
