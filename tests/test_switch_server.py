@@ -224,3 +224,32 @@ def test_squeezectl_through_the_switch(short_tmp: Path) -> None:
     assert main(["--switch", path, "diagnostics"], stdout=io.StringIO(), stderr=err) == \
         EXIT_CONNECT
     assert "Is message-switch running?" in err.getvalue()
+
+
+def test_requests_in_flight_are_bounded(short_tmp: Path) -> None:
+    """Beyond max_in_flight, requests wait in the switch rather than in threads."""
+    path = str(short_tmp / "switch")
+    gate = threading.Event()
+    running = []
+
+    class Slow(FakeService):
+        def balance_memory(self, dbg):
+            running.append(dbg)
+            assert gate.wait(10)
+
+    with SimulatedSwitch(path) as sw, Serving(path, Slow(), max_in_flight=2) as s, \
+            SwitchClient(path, token="c") as c:
+        threads = [threading.Thread(target=c.rpc, args=(
+            Q, JSON_CALL.format("balance_memory", f'["d{i}"]'), 10)) for i in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while len(sw.state.queues[Q].entries) < 4 or len(running) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert s.server.busy == 2 and len(running) == 2
+        gate.set()
+        for t in threads:
+            t.join(10)
+        assert sorted(running) == ["d0", "d1", "d2", "d3"]
+        assert sw.state.queues[Q].entries == {}  # all acked

@@ -59,6 +59,7 @@ class SwitchServer:
         backoff_max_s: float = 2.0,
         on_idle: Callable[[], None] | None = None,
         hold: Callable[[str], None] | None = None,
+        max_in_flight: int = 128,
     ) -> None:
         self.path = path
         self.process = process
@@ -82,6 +83,9 @@ class SwitchServer:
         self._in_progress: set[str] = set()
         self._deferred: dict[str, tuple[p.MessageId, p.Message]] = {}
         self._busy = 0
+        # At most this many requests run at once (a thread each, as upstream); beyond
+        # that the loop stops transferring and the requests wait in the switch.
+        self._slots = threading.BoundedSemaphore(max_in_flight)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -166,7 +170,11 @@ class SwitchServer:
                             timeout_s=self.transfer_timeout_s + self.io_timeout_s)
             reply = p.parse_transfer_reply(body)
             for mid, msg in reply.messages:
-                self._dispatch(mid, msg)
+                while not self._slots.acquire(timeout=1.0):
+                    beat()  # waiting for a slot is not being stuck
+                    if stop.is_set() or self._stop.is_set():
+                        return
+                self._dispatch(mid, msg, slot=True)
             if reply.messages:
                 from_ = reply.next
             if self.on_idle is not None:
@@ -174,13 +182,17 @@ class SwitchServer:
 
     # -- one message ----------------------------------------------------------------
 
-    def _dispatch(self, mid: p.MessageId, msg: p.Message) -> None:
+    def _dispatch(self, mid: p.MessageId, msg: p.Message, slot: bool = False) -> None:
+        """Start processing a message in its own thread; `slot`: the caller took
+        a slot for it (a deferred repeat runs in the slot its first run left)."""
         reply_to = msg.kind.reply_to if isinstance(msg.kind, p.Request) else ""
         ident = RequestIdentity.of(mid[0], mid[1], reply_to, msg.payload)
         with self._lock:
             if ident.key in self._in_progress:
                 # delivered again while still running: answer it when that run ends
                 self._deferred[ident.key] = (mid, msg)
+                if slot:
+                    self._slots.release()
                 return
             self._in_progress.add(ident.key)
             self._busy += 1
@@ -215,7 +227,9 @@ class SwitchServer:
                 self._busy -= 1
                 self._lock.notify_all()
             if again is not None and not answered and not self._stop.is_set():
-                self._dispatch(*again)
+                self._dispatch(*again)  # keeps this run's slot
+            else:
+                self._slots.release()
 
     # -- stopping -------------------------------------------------------------------
 
