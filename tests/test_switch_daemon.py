@@ -202,3 +202,35 @@ def test_sigkill_before_the_ack_then_the_redelivery_gets_the_same_reservation(
         client.close()
         d.stop()
         xs.close()
+
+
+def test_a_newcomers_simulate_then_squeezectl_switch(short_tmp: Path):
+    """`squeezed --simulate` (what `./dev run` runs) prints the switch it serves its
+    queue on, and `squeezectl --switch <that path> diagnostics` works."""
+    import io
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from squeezed.cli import EXIT_OK
+    from squeezed.cli import main as squeezectl
+
+    err = open(short_tmp / "stderr", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "squeezed.daemon", "--simulate"],
+                            stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "TMPDIR": str(short_tmp)})
+    try:
+        text = wait_for(lambda: (m := re.search(r"--switch (\S+) diagnostics",
+                                                (short_tmp / "stderr").read_text())) and m,
+                        what="the printed switch path")
+        path = text.group(1)
+        out, cerr = io.StringIO(), io.StringIO()
+        assert squeezectl(["--switch", path, "--timeout", "20", "diagnostics"], stdout=out,
+                          stderr=cerr) == EXIT_OK, cerr.getvalue()
+        assert out.getvalue().startswith("squeezed ") and "reservations (0):" in out.getvalue()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        err.close()
+    assert not os.path.exists(path)  # the simulated switch went with the run dir

@@ -19,7 +19,8 @@ four calls that change the reservation table must not act twice:
 
 Records live in xenstore beside the reservations, at
 /squeezed/requests/<key> = JSON, and are bounded: dropped with the
-reservation they made or moved, and after `RECORD_TTL_S` whatever happens.
+reservation they made or moved (once `GONE_GRACE_S` old), and after
+`RECORD_TTL_S` whatever happens.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ log = logging.getLogger("squeezed.switch")
 
 RECORDS_PATH = "/squeezed/requests"
 RECORD_TTL_S = 3600.0
+# A record whose reservation is gone is kept this long all the same: the switch
+# redelivers after a restart (seconds), and a caller may delete the reservation
+# as soon as it has the reply, possibly before the ack.
+GONE_GRACE_S = 300.0
 _NAMESPACE = uuid.UUID("5b0c3f8e-7a35-4f3c-9f2e-2f1d9c7e1a40")
 
 
@@ -291,9 +296,11 @@ class ExactlyOnce:
                 continue
             at = rec.get("at")
             res = rec.get("reservation")
-            old = not isinstance(at, int | float) or now - at > self.ttl_s
-            gone = isinstance(res, list) and len(res) == 2 and tuple(res) not in live
-            if old or (gone and "outcome" in rec):
+            drop = not isinstance(at, int | float) or now - at > self.ttl_s
+            if not drop and isinstance(res, list) and len(res) == 2:
+                drop = (tuple(res) not in live and "outcome" in rec
+                        and now - at > GONE_GRACE_S)
+            if drop:
                 self.store.remove(key)
                 dropped += 1
         return dropped
