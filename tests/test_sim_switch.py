@@ -91,8 +91,10 @@ def test_transfer_long_polls_until_a_message_or_its_timeout(short_tmp: Path):
         assert time.monotonic() - t0 >= 0.3
         import threading
 
-        threading.Timer(0.2, lambda: b.rpc(p.Send("q", req("late")))).start()
+        timer = threading.Timer(0.2, lambda: b.rpc(p.Send("q", req("late"))))
+        timer.start()
         got = p.parse_transfer_reply(a.rpc(p.Transfer(None, 30, ("q",))))
         assert [m.payload for _, m in got.messages] == ["late"]
+        timer.join(10)  # b's reply may come after a's
         a.close()
         b.close()
