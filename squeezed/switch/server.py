@@ -74,6 +74,7 @@ class SwitchServer:
         self._hold = hold  # test hook: called at "before-reply"
         self.connected = threading.Event()  # serving the queue right now
         self.connections = 0  # successful (re)connections, for tests and diagnostics
+        self.attempts = 0  # connection attempts, successful or not
         self.served = 0
         self._stop = threading.Event()
         self._lock = threading.Condition()  # the fields below
@@ -133,6 +134,7 @@ class SwitchServer:
                 self.heartbeats.unregister(HEARTBEAT)
 
     def _connect(self) -> None:
+        self.attempts += 1
         req = Connection(self.path, self.io_timeout_s)
         rep: Connection | None = None
         try:
