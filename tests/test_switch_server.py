@@ -139,7 +139,13 @@ def test_restarted_switch_is_served_again_from_its_first_message(short_tmp: Path
 def test_absent_switch_is_logged_once_and_retried_with_capped_backoff(short_tmp: Path, caplog):
     path = str(short_tmp / "switch")
     caplog.set_level(logging.INFO, logger="squeezed.switch")
-    with Serving(path, backoff_initial_s=0.01, backoff_max_s=0.05) as s:
+    pauses: list[float] = []
+
+    def pause(s: float) -> bool:
+        pauses.append(s)
+        return False
+
+    with Serving(path, backoff_initial_s=0.01, backoff_max_s=0.05, pause=pause) as s:
         deadline = time.monotonic() + 10
         while s.server.attempts < 6:  # several retries while the switch is absent
             assert time.monotonic() < deadline
@@ -149,6 +155,7 @@ def test_absent_switch_is_logged_once_and_retried_with_capped_backoff(short_tmp:
             with SwitchClient(path, token="c") as c:
                 c.rpc(Q, JSON_CALL.format("balance_memory", '["d"]'), timeout_s=5)
     msgs = [r.getMessage() for r in caplog.records]
+    assert pauses[:5] == [0.01, 0.02, 0.04, 0.05, 0.05]  # doubling, capped
     assert sum("unavailable" in m for m in msgs) == 1, msgs
     assert sum("message-switch back" in m for m in msgs) == 1, msgs
 

@@ -60,6 +60,7 @@ class SwitchServer:
         on_idle: Callable[[], None] | None = None,
         hold: Callable[[str], None] | None = None,
         max_in_flight: int = 128,
+        pause: Callable[[float], bool] | None = None,
     ) -> None:
         self.path = path
         self.process = process
@@ -72,6 +73,7 @@ class SwitchServer:
         self.backoff_max_s = backoff_max_s
         self.on_idle = on_idle
         self._hold = hold  # test hook: called at "before-reply"
+        self._pause = pause  # how to wait before a retry; True = stop (tests record it)
         self.connected = threading.Event()  # serving the queue right now
         self.connections = 0  # successful (re)connections, for tests and diagnostics
         self.attempts = 0  # connection attempts, successful or not
@@ -107,7 +109,7 @@ class SwitchServer:
                         down_since = time.monotonic()
                         log.warning("message-switch at %s unavailable (%s): serving the "
                                     "sockets only, retrying", self.path, e)
-                    if stop.wait(backoff_s) or self._stop.is_set():
+                    if (self._pause or stop.wait)(backoff_s) or self._stop.is_set():
                         return
                     backoff_s = min(backoff_s * 2, self.backoff_max_s)
                     continue
