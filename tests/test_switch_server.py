@@ -258,3 +258,45 @@ def test_requests_in_flight_are_bounded(short_tmp: Path) -> None:
             t.join(10)
         assert sorted(running) == ["d0", "d1", "d2", "d3"]
         assert sw.state.queues[Q].entries == {}  # all acked
+
+
+def test_a_request_delivered_again_while_running_is_answered_once(short_tmp: Path) -> None:
+    """squeezed's connection breaks (the switch stays): after reconnecting it
+    transfers from the start and gets the request it is still running; that run
+    cannot reply on the dead connection, so the repeat is answered, from the
+    record, on the new one -- the operation itself runs once."""
+    from squeezed.switch.exactly_once import ExactlyOnce, MemoryRecords
+
+    path = str(short_tmp / "switch")
+    gate, running = threading.Event(), threading.Event()
+
+    class Slow(FakeService):
+        def reserve_memory(self, dbg, session_id, kib):
+            running.set()
+            assert gate.wait(10)
+            return super().reserve_memory(dbg, session_id, kib)
+
+    fake = Slow()
+    once = ExactlyOnce(fake, MemoryRecords(), lambda: [])
+    with SimulatedSwitch(path) as sw, Serving(path, once, token="squeezed:1",
+                                             backoff_max_s=0.1) as s, \
+            SwitchClient(path, token="xenopsd:1") as c:
+        replies: list[str] = []
+        t = threading.Thread(target=lambda: replies.append(c.rpc(
+            Q, JSON_CALL.format("reserve_memory", '["d","xenopsd",1024]'), 10)))
+        t.start()
+        assert running.wait(5)
+        assert sw.drop_connections("squeezed:1") == 2
+        deadline = time.monotonic() + 5
+        while not s.server._deferred:  # the repeat arrived on the new connection
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gate.set()
+        t.join(10)
+        assert replies == [JSON_OK.format('"res-1"')]
+        assert [op for op, _ in fake.calls] == ["reserve_memory"]  # ran once
+        assert once.replayed == 1
+        deadline = time.monotonic() + 5
+        while sw.state.queues[Q].entries:  # and it was acked
+            assert time.monotonic() < deadline
+            time.sleep(0.01)

@@ -153,6 +153,7 @@ class SimulatedSwitch:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self._conn_names: dict[socket.socket, str] = {}
         self._ids = itertools.count(1)
         self._stopping = False
 
@@ -181,7 +182,8 @@ class SimulatedSwitch:
                     c.close()
                     return
                 self._conns.add(c)
-            threading.Thread(target=self._serve, args=(c, f"conn-{next(self._ids)}"),
+                name = self._conn_names[c] = f"conn-{next(self._ids)}"
+            threading.Thread(target=self._serve, args=(c, name),
                              name="sim-switch-conn", daemon=True).start()
 
     def _serve(self, c: socket.socket, conn: str) -> None:
@@ -208,6 +210,7 @@ class SimulatedSwitch:
         finally:
             with self._cond:
                 self._conns.discard(c)
+                self._conn_names.pop(c, None)
                 self.state.connection_closed(conn)
                 self._cond.notify_all()
             with contextlib.suppress(OSError):
@@ -226,6 +229,17 @@ class SimulatedSwitch:
             result = self.state.handle(conn, req)
             self._cond.notify_all()
             return result
+
+    def drop_connections(self, session: str) -> int:
+        """Close the connections of one session, keeping the queues (a broken
+        connection, not a restart); returns how many were closed."""
+        with self._cond:
+            conns = [c for c, name in self._conn_names.items()
+                     if self.state.sessions.get(name) == session]
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        return len(conns)
 
     def stop(self) -> None:
         """Close everything at once, as a killed switch would."""
