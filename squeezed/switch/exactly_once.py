@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from squeezed.backend import Reservation
 from squeezed.errors import MemoryError_, from_wire
@@ -78,6 +78,23 @@ def new_reservation_id() -> str:
     if ident is None:
         return str(uuid.uuid4())
     return str(uuid.uuid5(_NAMESPACE, ident.key))
+
+
+T = TypeVar("T")
+
+
+class TableService(Protocol):
+    """The Memory service's calls that change the reservation table."""
+
+    def reserve_memory(self, dbg: str, session_id: str, kib: int) -> str: ...
+
+    def reserve_memory_range(self, dbg: str, session_id: str, min_kib: int,
+                             max_kib: int) -> tuple[str, int]: ...
+
+    def transfer_reservation_to_domain(self, dbg: str, session_id: str, reservation_id: str,
+                                       domid: int) -> None: ...
+
+    def delete_reservation(self, dbg: str, session_id: str, reservation_id: str) -> None: ...
 
 
 class RecordStore(Protocol):
@@ -142,7 +159,7 @@ class MemoryRecords:
 class ExactlyOnce:
     """The Memory service as the switch's dispatcher sees it."""
 
-    def __init__(self, service: Any, store: RecordStore,
+    def __init__(self, service: TableService, store: RecordStore,
                  reservations: Callable[[], list[Reservation]],
                  clock: Callable[[], float] = time.time, ttl_s: float = RECORD_TTL_S,
                  hold: Callable[[str], None] | None = None) -> None:
@@ -201,8 +218,8 @@ class ExactlyOnce:
         return found
 
     def _run(self, key: str, op: str, reservation: tuple[str, str] | None,
-             fn: Callable[[], Any], result_reservation: Callable[[Any], tuple[str, str]] | None
-             = None) -> Any:
+             fn: Callable[[], T], result_reservation: Callable[[T], tuple[str, str]] | None
+             = None) -> T:
         try:
             value = fn()
         except MemoryError_ as e:
@@ -224,7 +241,7 @@ class ExactlyOnce:
             return self._service.reserve_memory(dbg, session_id, kib)
         rec = self._load(ident.key)
         if rec is not None:
-            return self._replay(ident.key, rec)
+            return cast("str", self._replay(ident.key, rec))
         made = self._made_before(session_id)
         if made is not None:  # made before a crash, never recorded
             return self._run(ident.key, "reserve_memory", (session_id, made.reservation_id),
@@ -240,7 +257,7 @@ class ExactlyOnce:
             return self._service.reserve_memory_range(dbg, session_id, min_kib, max_kib)
         rec = self._load(ident.key)
         if rec is not None:
-            return self._replay(ident.key, rec)
+            return cast("tuple[str, int]", self._replay(ident.key, rec))
         made = self._made_before(session_id)
         if made is not None:
             return self._run(ident.key, "reserve_memory_range",
@@ -259,7 +276,8 @@ class ExactlyOnce:
                                                                 reservation_id, domid)
         rec = self._load(ident.key)
         if rec is not None and "outcome" in rec:
-            return self._replay(ident.key, rec)
+            self._replay(ident.key, rec)  # raises a recorded error
+            return None
         # Transferring again writes the same keys: safe to repeat if interrupted.
         return self._run(ident.key, "transfer_reservation_to_domain",
                          (session_id, reservation_id),
@@ -272,11 +290,13 @@ class ExactlyOnce:
             return self._service.delete_reservation(dbg, session_id, reservation_id)
         rec = self._load(ident.key)
         if rec is not None and "outcome" in rec:
-            return self._replay(ident.key, rec)
+            self._replay(ident.key, rec)  # raises a recorded error
+            return None
         if rec is not None and self._exists(session_id, reservation_id) is None:
             # interrupted after the removal: it was deleted by this very request
             self._save(ident.key, "delete_reservation", None, outcome="ok", value=None)
-            return self._replay(ident.key, {"op": "delete_reservation", "value": None})
+            self._replay(ident.key, {"op": "delete_reservation", "value": None})
+            return None
         self._save(ident.key, "delete_reservation", None)  # the intent, no outcome yet
         return self._run(ident.key, "delete_reservation", None,
                          lambda: self._service.delete_reservation(dbg, session_id,
@@ -297,7 +317,8 @@ class ExactlyOnce:
             at = rec.get("at")
             res = rec.get("reservation")
             drop = not isinstance(at, int | float) or now - at > self.ttl_s
-            if not drop and isinstance(res, list) and len(res) == 2:
+            if not drop and isinstance(at, int | float) and isinstance(res, list) \
+                    and len(res) == 2:
                 drop = (tuple(res) not in live and "outcome" in rec
                         and now - at > GONE_GRACE_S)
             if drop:
