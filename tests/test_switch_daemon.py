@@ -234,3 +234,43 @@ def test_a_newcomers_simulate_then_squeezectl_switch(short_tmp: Path):
         assert proc.wait(20) == 0
         err.close()
     assert not os.path.exists(path)  # the simulated switch went with the run dir
+
+
+def test_sigterm_answers_the_switch_request_in_progress(short_tmp: Path):
+    slow = ideal_driver(256 * MIB)
+    sim = SimulatedXenHost(short_tmp / "host", total_kib=256 * MIB + 1 * GIB + 4 * GIB + GIB)
+    sim.start()
+    try:
+        for domid in (1, 2):
+            sim.add_running_domain(domid, actual_kib=2 * GIB, target_kib=2 * GIB,
+                                   dynamic_min_kib=512 * MIB, dynamic_max_kib=2 * GIB,
+                                   driver=slow)
+        path = str(short_tmp / "switch")
+        with SimulatedSwitch(path) as sw:
+            d = serving(short_tmp, sim, path).start()
+            wait_queue_served(d)
+            outcome: list[object] = []
+
+            def call() -> None:
+                with SwitchMemoryClient(path, timeout=60) as mc:
+                    try:
+                        outcome.append(mc.call("reserve_memory", "t", "default", 2 * GIB))
+                    except Exception as e:  # noqa: BLE001 - what it is is checked below
+                        outcome.append(e)
+
+            t = threading.Thread(target=call)
+            t.start()
+            wait_for(lambda: "operation running: yes" in d.call("get_diagnostics", "w"),
+                     what="the operation to start")
+            d.signal(signal.SIGTERM)
+            assert d.wait(20) == 0
+            t.join(20)
+            assert len(outcome) == 1, d.output()[-3000:]
+            err = outcome[0]
+            assert getattr(err, "name", "") == "Internal_error" and "shutting down" in str(err)
+            assert sw.state.queues[QUEUE].entries == {}  # replied and acked before exiting
+    finally:
+        sim.stop()
+
+
+QUEUE = "org.xen.xapi.memory"

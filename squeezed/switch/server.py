@@ -130,7 +130,8 @@ class SwitchServer:
                     log.warning("lost the message-switch at %s (%s): serving the sockets "
                                 "only, reconnecting", self.path, e)
                 finally:
-                    self._disconnect()
+                    if not self._stop.is_set():  # at shutdown, replies in progress need it
+                        self._disconnect()
         finally:
             if self.heartbeats is not None:
                 self.heartbeats.unregister(HEARTBEAT)
