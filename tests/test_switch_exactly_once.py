@@ -152,3 +152,19 @@ def test_records_are_bounded(env: Env) -> None:
     assert env.once.prune() == 1 and len(env.store.d) == 1  # gone with its reservation
     env.now[0] += 300
     assert env.once.prune() == 1 and env.store.d == {}  # and after the time limit
+
+
+def test_an_unreachable_record_store_does_not_change_the_answer(env: Env) -> None:
+    from squeezed.switch.exactly_once import RecordStoreError
+
+    class Down(MemoryRecords):
+        def put(self, key: str, value: str) -> None:
+            raise RecordStoreError("xenstored gone")
+
+    env.once.store = Down()
+    ident = env.as_request(5)
+    rid = env.call(ident, "reserve_memory", "d", "xenopsd", GIB)  # made, not recorded
+    assert env.call(ident, "reserve_memory", "d", "xenopsd", GIB) == rid  # found by its id
+    with pytest.raises(CannotFreeThisMuchMemory):  # the outcome, not the store's failure
+        env.call(env.as_request(6), "reserve_memory", "d", "xenopsd", 100 * GIB)
+    assert len(env.table()) == 1

@@ -25,13 +25,14 @@ reservation they made or moved (once `GONE_GRACE_S` old), and after
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
@@ -97,7 +98,13 @@ class TableService(Protocol):
     def delete_reservation(self, dbg: str, session_id: str, reservation_id: str) -> None: ...
 
 
+class RecordStoreError(Exception):
+    """A record could not be read or written (xenstore unreachable, say)."""
+
+
 class RecordStore(Protocol):
+    """Raises RecordStoreError when the store cannot be reached."""
+
     def get(self, key: str) -> str | None: ...
 
     def put(self, key: str, value: str) -> None: ...
@@ -125,16 +132,30 @@ class XenstoreRecords:
         self.root = root
 
     def get(self, key: str) -> str | None:
-        return self.xs.read(f"{self.root}/{key}")
+        with _store_errors():
+            return self.xs.read(f"{self.root}/{key}")
 
     def put(self, key: str, value: str) -> None:
-        self.xs.write(f"{self.root}/{key}", value)
+        with _store_errors():
+            self.xs.write(f"{self.root}/{key}", value)
 
     def remove(self, key: str) -> None:
-        self.xs.rm(f"{self.root}/{key}")
+        with _store_errors():
+            self.xs.rm(f"{self.root}/{key}")
 
     def keys(self) -> list[str]:
-        return self.xs.directory(self.root)
+        with _store_errors():
+            return self.xs.directory(self.root)
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    from squeezed.xen.xenstore import XenstoreError
+
+    try:
+        yield
+    except XenstoreError as e:
+        raise RecordStoreError(f"request record: {e}") from e
 
 
 class MemoryRecords:
@@ -223,15 +244,26 @@ class ExactlyOnce:
         try:
             value = fn()
         except MemoryError_ as e:
-            self._save(key, op, reservation, outcome="error", error=e.wire())
+            self._save_done(key, op, reservation, outcome="error", error=e.wire())
             raise
         if result_reservation is not None:
             reservation = result_reservation(value)
         if self._hold is not None:
             self._hold("before-record")
-        self._save(key, op, reservation, outcome="ok",
-                   value=list(value) if isinstance(value, tuple) else value)
+        self._save_done(key, op, reservation, outcome="ok",
+                        value=list(value) if isinstance(value, tuple) else value)
         return value
+
+    def _save_done(self, key: str, op: str, reservation: tuple[str, str] | None,
+                   **what: Any) -> None:
+        """Record an outcome; if the store cannot be reached the caller still
+        gets the outcome (a repeat of a reserve then finds its reservation by
+        its derived id, a repeat of a transfer does the same again)."""
+        try:
+            self._save(key, op, reservation, **what)
+        except RecordStoreError as e:
+            log.warning("%s: outcome not recorded (%s); a redelivery would run it again",
+                        op, e)
 
     # -- the four calls that change the table ------------------------------------
 
