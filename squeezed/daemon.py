@@ -288,7 +288,8 @@ class Daemon:
                 log.warning("test hook: holding a request at %s", point)
                 threading.Event().wait()
 
-        once = ExactlyOnce(self.service, XenstoreRecords(self.xs), self.host.reservations,
+        assert self.xs is not None
+        once = ExactlyOnce(self.service, XenstoreRecords(self.xs), self._xen().reservations,
                            hold=hold if hold_at else None)
         codec = _JsonCodec(Dispatcher(once))  # the same dispatcher and codec as json-socket
         last_prune = [0.0]
