@@ -380,7 +380,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     block_on_close = False  # shutdown must not wait for stalled clients
-    request_queue_size = 32
+    request_queue_size = 128  # listen backlog: bursts wait here for accept()
 
     def __init__(self, rpc: RpcServer) -> None:
         self.rpc = rpc
