@@ -797,3 +797,34 @@ def test_keepalive_never_blindly_retries_a_reservation(xml_server, monkeypatch) 
         c._sock.shutdown(socket.SHUT_RDWR)  # dies under the next call
         with pytest.raises(ConnectionFailed, match="not retried"):
             c.call("reserve_memory", "d", "s", 1)
+
+
+@pytest.mark.parametrize("transport", ["xml-http", "json-http", "json-bare"])
+def test_unknown_method_answered_on_every_transport(transport: str, xml_server,
+                                                    json_server) -> None:
+    """Upstream closes the connection without a reply; we answer Internal_error
+    (docs/compatibility.md)."""
+    if transport == "xml-http":
+        srv, _ = xml_server
+        reply = post(srv.path, xml_call("no_such_method", "d"))
+        assert xml_failure(reply) == "unknown method: no_such_method"
+        return
+    srv, _ = json_server
+    body = b'{"method":"no_such_method","params":["d"],"id":3}'
+    if transport == "json-http":
+        status, _, data = split(post(srv.path, body))
+        assert status == 200
+    else:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(srv.path)
+        s.sendall(body)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+        s.close()
+    reply = json.loads(data)
+    assert reply == {"result": None, "error": ["Internal_error", "unknown method: no_such_method"],
+                     "id": 3}
