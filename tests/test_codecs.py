@@ -44,7 +44,7 @@ class TestJsonLoads:
             jsonrpc.loads(f"[{const}]")
 
     def test_invalid_json_message_is_bounded(self) -> None:
-        with pytest.raises(jsonrpc.JsonRpcError, match=r"^invalid JSON: ") as e:
+        with pytest.raises(jsonrpc.JsonRpcError, match=r"^invalid JSON: Unterminated string") as e:
             jsonrpc.loads("{" + '"' + "x" * 1000)
         assert len(str(e.value)) <= len("invalid JSON: ") + 200
 
@@ -393,3 +393,97 @@ class TestXmlParseResponse:
 
         with pytest.raises(xmlrpc.XmlRpcError, match="^" + re.escape(message) + "$"):
             xmlrpc.parse_response(xml)
+
+
+class TestXmlStrictness:
+    """Only XML's own whitespace counts as blank; anything else is data."""
+
+    @pytest.mark.parametrize("xml,message", [
+        (v("<int>\u00a05</int>"), "not an integer: '\\xa05'"),
+        (v("<int>X5X</int>"), "not an integer: 'X5X'"),
+        (v("<boolean>\u00a01</boolean>"), "not a boolean: '\\xa01'"),
+        (v("<boolean>X1</boolean>"), "not a boolean: 'x1'"),
+        (v("<boolean>" + "y" * 30 + "</boolean>"), "not a boolean: '" + "y" * 20 + "'"),
+        (v("<nil>\u00a0</nil>"), "<nil/> must be empty"),
+        (v("<nil>X</nil>"), "<nil/> must be empty"),
+        (v("<array>X<data/></array>"), "unexpected text in <array>"),
+        (v("<array>\u00a0<data/></array>"), "unexpected text in <array>"),
+        (v("<" + "t" * 100 + "/>"), "unknown value type <" + "t" * 40 + ">"),
+    ])
+    def test_not_blank(self, xml: str, message: str) -> None:
+        import re
+
+        with pytest.raises(xmlrpc.XmlRpcError, match="^" + re.escape(message) + "$"):
+            xmlrpc.parse_value(xml)
+
+    def test_xml_whitespace_is_blank(self) -> None:
+        assert xmlrpc.parse_value(v("<int>\t\r\n 5 \n</int>")) == 5
+        assert xmlrpc.parse_value(v("<boolean>\n1\t</boolean>")) is True
+        assert xmlrpc.parse_value(v("<nil>\n\t </nil>")) is None
+
+    def test_long_tags_in_messages_are_bounded(self) -> None:
+        import re
+
+        tag = "t" * 100
+        for fn, xml, message in [
+            (xmlrpc.parse_call, f"<{tag}/>", f"expected <methodCall>, got <{'t' * 40}>"),
+            (xmlrpc.parse_response, f"<{tag}/>", f"expected <methodResponse>, got <{'t' * 40}>"),
+            (xmlrpc.parse_response, f"<methodResponse><{tag}/></methodResponse>",
+             f"unexpected <{'t' * 40}> in <methodResponse>"),
+        ]:
+            with pytest.raises(xmlrpc.XmlRpcError, match="^" + re.escape(message) + "$"):
+                fn(xml)
+
+    def test_any_dtd_is_refused(self) -> None:
+        for doc in ("<!DOCTYPE value><value>x</value>",
+                    '<!DOCTYPE value SYSTEM "file:///etc/passwd"><value>x</value>'):
+            with pytest.raises(xmlrpc.XmlRpcError, match="^invalid XML: DTDForbidden"):
+                xmlrpc.parse_value(doc)
+        with pytest.raises(xmlrpc.XmlRpcError, match="^invalid XML: ParseError: "):
+            xmlrpc.parse_value("<value>")
+
+    def test_lone_surrogate_in_a_str_body_is_a_codec_error(self) -> None:
+        with pytest.raises(xmlrpc.XmlRpcError, match="^invalid XML: "):
+            xmlrpc.parse_value("<value>\ud800</value>")
+
+
+def _structs(n: int) -> str:
+    """n nested structs around a value: the innermost value is at depth n."""
+    return ("<value><struct><member><name>a</name>" * n + "<value>1</value>"
+            + "</member></struct></value>" * n)
+
+
+def _arrays(n: int) -> str:
+    return "<value><array><data>" * n + "<value>1</value>" + "</data></array></value>" * n
+
+
+class TestXmlDepthEverywhere:
+    def test_structs(self) -> None:
+        assert xmlrpc.parse_value(_structs(64)) is not None
+        with pytest.raises(xmlrpc.XmlRpcError, match="^value nested too deeply$"):
+            xmlrpc.parse_value(_structs(65))
+
+    def test_encode_structs(self) -> None:
+        d: dict = {}
+        for _ in range(64):
+            d = {"a": d}
+        assert xmlrpc.encode_value(d).count("<struct>") == 65
+
+    def test_params_and_replies_start_at_depth_zero(self) -> None:
+        call = ("<methodCall><methodName>m</methodName><params><param>" + _arrays(64)
+                + "</param></params></methodCall>")
+        assert xmlrpc.parse_call(call)[0] == "m"
+        with pytest.raises(xmlrpc.XmlRpcError, match="nested too deeply"):
+            xmlrpc.parse_call(call.replace(_arrays(64), _arrays(65)))
+        resp = ("<methodResponse><params><param>" + _arrays(64)
+                + "</param></params></methodResponse>")
+        assert xmlrpc.parse_response(resp)[0] == "Success"
+        with pytest.raises(xmlrpc.XmlRpcError, match="nested too deeply"):
+            xmlrpc.parse_response(resp.replace(_arrays(64), _arrays(65)))
+        inner = _arrays(63)
+        fault = ("<methodResponse><fault><value><struct><member><name>faultCode</name>"
+                 f"{inner}</member><member><name>faultString</name><value>s</value></member>"
+                 "</struct></value></fault></methodResponse>")
+        assert xmlrpc.parse_response(fault)[0] == "Failure"
+        with pytest.raises(xmlrpc.XmlRpcError, match="nested too deeply"):
+            xmlrpc.parse_response(fault.replace(inner, _arrays(64)))
