@@ -429,7 +429,7 @@ class MemoryService:
 
     def get_diagnostics(self, dbg: str) -> str:
         st = self._state()
-        h = {**st["host"], **st["facts"]}
+        h = {**st["facts"], **st["host"]}  # the service's own figures win
         lines = [f"squeezed {__version__} instance {self.instance_id}"]
         lines.append("host: " + " ".join(f"{k}={v}" for k, v in sorted(h.items())
                                           if not isinstance(v, list | tuple | dict)))

@@ -210,3 +210,277 @@ def test_domain_zero_policy() -> None:
     with pytest.raises(InternalError):
         MemoryService(host).get_domain_zero_policy("t")
     assert MemoryService(host, EngineConfig(reserve_kib=1234)).get_host_reserved_memory("t") == 1234
+
+
+# ------------------------------------------------- the operator's view: log lines
+# What docs/operations.md promises an operator sees, line by line.
+
+
+def messages(caplog, level: int = 20) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "squeezed.service" and r.levelno == level]
+
+
+def last_history(svc: MemoryService) -> str:
+    line = history(svc)[-1]
+    return re.sub(r"^  \S+Z ", "", re.sub(r" \(\d+\.\d{3} s\)$", "", line))
+
+
+def test_log_and_history_of_each_operation(caplog) -> None:
+    caplog.set_level(10, logger="squeezed.service")
+    svc, host = make(4000 * MIB, [])
+    rid = svc.reserve_memory("t1", "s", 1024)
+    assert messages(caplog) == [f"reservation {rid} created: session s, 1024 KiB [dbg t1]"]
+    assert last_history(svc) == "reserve_memory session=s kib=1024 dbg=t1 -> success"
+    caplog.clear()
+    rid2, kib = svc.reserve_memory_range("t2", "s", 1000, 2000)
+    assert kib == 2000
+    assert messages(caplog) == [
+        f"reservation {rid2} created: session s, 2000 KiB (asked 1000-2000) [dbg t2]"]
+    assert last_history(svc) == \
+        "reserve_memory_range session=s min_kib=1000 max_kib=2000 dbg=t2 -> success"
+    caplog.clear()
+    svc.transfer_reservation_to_domain("t3", "s", rid2, 7)
+    assert messages(caplog) == [
+        f"reservation {rid2} transferred to domain 7: session s, 2000 KiB [dbg t3]"]
+    assert last_history(svc) == \
+        f"transfer_reservation_to_domain id={rid2} domid=7 dbg=t3 -> success"
+    caplog.clear()
+    svc.delete_reservation("t4", "s", rid)
+    assert messages(caplog) == [f"reservation {rid} deleted: session s, 1024 KiB [dbg t4]"]
+    assert last_history(svc) == f"delete_reservation id={rid} dbg=t4 -> success"
+    caplog.clear()
+    svc.delete_reservation("t5", "s", rid)
+    assert messages(caplog) == [f"reservation {rid}: delete of an unknown or already deleted"
+                                " reservation (session s) [dbg t5]"]
+    caplog.clear()
+    rid3 = svc.reserve_memory("t6", "s", 10)
+    caplog.clear()
+    assert svc.login("t7", "s") == "s"
+    assert sorted(messages(caplog)) == sorted([
+        f"login s: dropped reservation {rid2} (2000 KiB, in transfer to domain 7) [dbg t7]",
+        f"login s: dropped reservation {rid3} (10 KiB) [dbg t7]"])
+    assert last_history(svc) == "login service=s dbg=t7 -> success"
+    assert host.reservations() == []
+    caplog.clear()
+    rid4 = svc.reserve_memory("t8", "s", 10)
+    caplog.clear()
+    svc.undo_reservation("t9", "s", rid4)
+    assert messages(caplog, 30) == [f"reservation {rid4} undone: its reply could not be"
+                                    " delivered (caller hung up) [dbg t9]"]
+    assert last_history(svc) == f"undo-reservation id={rid4} dbg=t9 -> success"
+    assert host.reservations() == []
+
+
+def test_transfer_domid_bounds_and_unknown() -> None:
+    svc, host = make(4000 * MIB, [])
+    rid = svc.reserve_memory("t", "s", 10)
+    svc.transfer_reservation_to_domain("t", "s", rid, 0)  # domid 0 is a domid
+    assert host.reservations()[0].in_transfer_domid == 0
+    with pytest.raises(InternalError, match="^invalid domid -1$"):
+        svc.transfer_reservation_to_domain("t", "s", rid, -1)
+    from squeezed.errors import UnknownReservation
+
+    with pytest.raises(UnknownReservation) as e:
+        svc.transfer_reservation_to_domain("t", "other", rid, 3)  # wrong session
+    assert e.value.reservation_id == rid
+
+
+def test_id_messages() -> None:
+    svc, _ = make(0)
+    msg = ": must be 1 to 256 characters of A-Z a-z 0-9 _ @ - (a xenstore node name)"
+    with pytest.raises(InternalError) as e:
+        svc.reserve_memory("t", "a/b", 1)
+    assert e.value.message == "invalid session id 'a/b'" + msg
+    with pytest.raises(InternalError) as e:
+        svc.delete_reservation("t", "s", "/" * 80)
+    assert e.value.message == "invalid reservation id '" + "/" * 80 + "'" + msg
+    with pytest.raises(InternalError) as e:
+        svc.delete_reservation("t", "s", "/" * 81)
+    assert e.value.message == "invalid reservation id '" + "/" * 80 + "...'" + msg
+    with pytest.raises(InternalError) as e:
+        svc.login("t", "x" * 257)
+    assert e.value.message == "invalid service name '" + "x" * 80 + "...'" + msg
+    with pytest.raises(InternalError) as e:
+        svc.login("t", "\n")
+    assert e.value.message == "invalid service name '\\\\n'" + msg
+    svc.login("t", "x" * 256)  # the longest valid name
+
+
+def test_range_and_amount_checks() -> None:
+    from squeezed.errors import InvalidMemoryValue
+
+    svc, _ = make(4000 * MIB)
+    for args, bad in [((5, 4), 4), ((-1, 4), -1), ((1, -3), -3), ((0, 2**63), 2**63)]:
+        with pytest.raises(InvalidMemoryValue) as e:
+            svc.reserve_memory_range("t", "s", *args)
+        assert e.value.value == bad
+    with pytest.raises(InvalidMemoryValue) as e:
+        svc.reserve_memory("t", "s", 2**63)
+    assert e.value.value == 2**63
+    rid, kib = svc.reserve_memory_range("t", "s", 7, 7)  # min == max is fine
+    assert kib == 7
+
+
+# ------------------------------------------------------------- balancer, queries
+
+
+def test_balance_if_unbalanced(monkeypatch) -> None:
+    svc, host = make(4000 * MIB, [])
+    calls: list[str] = []
+    unbalanced = [False]
+    monkeypatch.setattr(ops, "is_unbalanced", lambda backend, cfg: unbalanced[0])
+    monkeypatch.setattr(ops, "balance", lambda backend, cfg: calls.append("balance"))
+    assert svc.balance_if_unbalanced() is False and calls == []
+    assert history(svc) == []
+    unbalanced[0] = True
+    assert svc.balance_if_unbalanced() is True and calls == ["balance"]
+    assert last_history(svc) == "auto-balance  dbg=periodic -> success"
+    svc._op_lock.acquire()
+    try:
+        assert svc.balance_if_unbalanced() is False and calls == ["balance"]  # skipped
+    finally:
+        svc._op_lock.release()
+
+    def abandon(backend, cfg):
+        raise ops.OperationAbandoned()
+
+    monkeypatch.setattr(ops, "balance", abandon)
+    assert svc.balance_if_unbalanced() is False
+    assert last_history(svc) == "auto-balance  dbg=periodic -> abandoned"
+    assert not svc._op_lock.locked()  # released on every path
+    monkeypatch.setattr(ops, "is_unbalanced", lambda backend, cfg: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        svc.balance_if_unbalanced()
+    assert not svc._op_lock.locked()
+
+
+def test_query_and_state() -> None:
+    from squeezed import __version__
+
+    svc, host = make(3000 * MIB, [dom(4, 500 * MIB, dmin=100 * MIB)])
+    assert svc.query("t") == {
+        "name": "squeezed", "vendor": "squeezed project", "version": __version__,
+        "features": ["reserve", "reserve_range", "transfer_to_domain", "delete", "balance",
+                     "diagnostics"],
+        "instance_id": svc.instance_id,
+    }
+    assert svc.instance_id != MemoryService(host).instance_id
+    rid = svc.reserve_memory("t", "s", 1000)
+    assert svc.get_state("t") == {
+        "host": {"free_kib": 3000 * MIB - 1000, "reserved_kib": RESERVE},
+        "reservations": [{"reservation_id": rid, "session_id": "s", "kib": 1000, "domid": None}],
+        "domains": [{"domid": 4, "can_balloon": True, "dynamic_min_kib": 100 * MIB,
+                     "target_kib": 500 * MIB, "dynamic_max_kib": 500 * MIB,
+                     "memory_actual_kib": 500 * MIB, "memory_max_kib": 500 * MIB}],
+    }
+    diag = svc.get_diagnostics("t")
+    assert diag.startswith(f"squeezed {__version__} instance {svc.instance_id}\nhost: ")
+    assert f"free_kib={3000 * MIB - 1000} " in diag and f"reserved_kib={RESERVE}" in diag
+    assert "reservations (1):\n" in diag and f"  s/{rid} 1000 KiB\n" in diag
+    assert "domains (KiB): domid min target actual max maxmem flags\n" in diag
+    assert f"  4 {100 * MIB} {500 * MIB} {500 * MIB} {500 * MIB} {500 * MIB} balloon,at-target\n" \
+        in diag
+    assert "last operations (1):\n" in diag and diag.endswith(" s)\n")
+
+
+def test_set_log_level() -> None:
+    import logging
+
+    svc, _ = make(0)
+    seen: list[str] = []
+    svc.on_set_log_level = seen.append
+    svc.set_log_level("t", "WARNING")
+    svc.set_log_level("t", "debug")
+    assert seen == ["warning", "debug"]
+    with pytest.raises(InternalError) as e:
+        svc.set_log_level("t", "loud")
+    assert e.value.message == "unknown log level 'loud': debug, info, warning or error"
+    other, _ = make(0)
+    logger = logging.getLogger("squeezed")
+    old = logger.level
+    try:
+        other.set_log_level("t", "Error")
+        assert logger.level == logging.ERROR
+        other.set_log_level("t", "info")
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(old)
+
+
+# -------------------------------------------------- boot-time host free memory
+
+
+def test_measure_stable() -> None:
+    from squeezed.service import measure_stable
+
+    tol = 1 << 20
+    samples = iter([0, 10 * tol, 11 * tol, 11 * tol + 1, 12 * tol + 1, 99])
+    slept: list[float] = []
+    got = measure_stable(lambda: next(samples), 3, 0.5, sleep=slept.append)
+    # 10t -> 11t is exactly the tolerance (same), 11t -> 11t+1 same: 3 in a row
+    assert got == 11 * tol + 1 and slept == [0.5, 0.5, 0.5]
+    samples = iter([0, tol + 1, 2 * tol + 2, 2 * tol + 2])
+    slept.clear()
+    assert measure_stable(lambda: next(samples), 2, 1.0, sleep=slept.append) == 2 * tol + 2
+    assert slept == [1.0, 1.0, 1.0]  # each step just beyond the tolerance starts again
+    assert measure_stable(lambda: 5, 1, 9.0, sleep=slept.append) == 5  # one is enough
+    samples = iter([100, 100 + 5, 100 + 5])
+    assert measure_stable(lambda: next(samples), 2, 0, sleep=lambda s: None,
+                          tolerance_bytes=4) == 105
+
+
+def test_initial_free_memory(tmp_path) -> None:
+    import os
+    import stat
+
+    from squeezed.service import InitialFreeMemory
+
+    svc, _ = make(0)
+    with pytest.raises(InternalError) as e:
+        svc.get_host_initial_free_memory("t")
+    assert e.value.message == "host initial free memory is not measured by this squeezed"
+    path = tmp_path / "new" / "boot_time_memory"
+    initial = InitialFreeMemory(str(path))
+    assert not initial.known and not initial.load_persisted()
+    svc.initial_free = initial
+    initial.set(4096)
+    assert initial.known and svc.get_host_initial_free_memory("t") == 4096
+    assert path.read_text() == "4096" and not (tmp_path / "new" / "boot_time_memory.tmp").exists()
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    initial.set(5000)  # the directory exists already
+    assert path.read_text() == "5000"
+    path.write_text(" 77\n")
+    again = InitialFreeMemory(str(path))
+    assert again.load_persisted() and again.get(0) == 77
+    path.write_text("lots")
+    assert not InitialFreeMemory(str(path)).load_persisted()
+    relative = InitialFreeMemory("boot_time_memory_rel_test")
+    try:
+        relative.set(1)  # no directory part: the current one
+        assert open("boot_time_memory_rel_test").read() == "1"
+    finally:
+        os.unlink("boot_time_memory_rel_test")
+    waiting = InitialFreeMemory(str(tmp_path / "w"))
+    waiting.abort()
+    with pytest.raises(InternalError) as e:
+        waiting.get(0)
+    assert e.value.message == "squeezed is shutting down; host initial free memory unknown"
+    with pytest.raises(InternalError) as e:
+        InitialFreeMemory(str(tmp_path / "x")).get(0)
+    assert e.value.message == "host initial free memory not yet measured"
+
+
+def test_unwritable_boot_time_file_is_logged_once_with_the_value(tmp_path, caplog) -> None:
+    from squeezed.service import InitialFreeMemory
+
+    (tmp_path / "f").write_text("")
+    path = tmp_path / "f" / "boot_time_memory"
+    initial = InitialFreeMemory(str(path))
+    with caplog.at_level(40, logger="squeezed.service"):
+        initial.set(123)
+    (msg,) = messages(caplog, 40)
+    assert re.match(re.escape(f"cannot record boot-time host free memory in {path}: ")
+                    + r"\[Errno \d+\] ", msg), msg
+    assert msg.endswith("; keeping 123 bytes in memory (a restarted squeezed will measure again)")
+    assert initial.get(0) == 123
