@@ -484,3 +484,90 @@ def test_unwritable_boot_time_file_is_logged_once_with_the_value(tmp_path, caplo
                     + r"\[Errno \d+\] ", msg), msg
     assert msg.endswith("; keeping 123 bytes in memory (a restarted squeezed will measure again)")
     assert initial.get(0) == 123
+
+
+# ------------------------------------------------------------------ more edges
+
+
+def test_history_details(monkeypatch) -> None:
+    svc, host = make(4000 * MIB, [])
+    for i in range(33):
+        svc.reserve_memory(f"t{i}", "s", 1)
+    lines = history(svc)
+    assert len(lines) == 32 and "dbg=t1 " in lines[0]  # the oldest one dropped
+    svc._history[0].at = 0.0
+    assert history(svc)[0].startswith("  1970-01-01T00:00:00Z reserve_memory ")
+    assert all(float(re.search(r"\((\d+\.\d{3}) s\)$", x).group(1)) < 60 for x in history(svc))
+    a, _ = svc.reserve_memory_range("t", "s", 1, 1)
+    b, _ = svc.reserve_memory_range("t", "s", 1, 1)
+    assert a != b
+
+
+def test_other_memory_errors_and_abandon_are_recorded(monkeypatch) -> None:
+    svc, host = make(10 * MIB, [dom(1, 1000 * MIB, dmin=100 * MIB, driver=Stuck())])
+    host.deadline_s = 3600.0
+    with pytest.raises(DomainsRefusedToCooperate):
+        svc.reserve_memory("t", "s", 500 * MIB)
+    assert last_history(svc).endswith("-> Domains_refused_to_cooperate")
+
+    def abandon(*a, **kw):
+        raise ops.OperationAbandoned()
+
+    monkeypatch.setattr(ops, "reserve", abandon)
+    with pytest.raises(InternalError) as e:
+        svc.reserve_memory("t", "s", 1)
+    assert e.value.message == "squeezed is shutting down; operation abandoned"
+    monkeypatch.undo()
+    with pytest.raises(CannotFreeThisMuchMemory):  # the largest valid amount is not invalid
+        svc.reserve_memory("t", "s", 2**63 - 1)
+
+
+def test_bad_session_in_delete_and_transfer_is_named() -> None:
+    svc, _ = make(0)
+    for call in (lambda: svc.delete_reservation("t", "a/b", "r"),
+                 lambda: svc.transfer_reservation_to_domain("t", "a/b", "r", 1)):
+        with pytest.raises(InternalError, match="^invalid session id 'a/b': "):
+            call()
+
+
+def test_balancer_step_passes_its_host_and_config(monkeypatch) -> None:
+    svc, host = make(0)
+    seen: list[tuple] = []
+    monkeypatch.setattr(ops, "is_unbalanced", lambda b, c: seen.append((b, c)) or True)
+    monkeypatch.setattr(ops, "balance", lambda b, c: seen.append((b, c)))
+    assert svc.balance_if_unbalanced()
+    assert seen == [(host, svc.cfg), (host, svc.cfg)]
+
+
+def test_initial_free_memory_wait_is_bounded(monkeypatch) -> None:
+    import squeezed.service as service_mod
+    from squeezed.service import InitialFreeMemory
+
+    monkeypatch.setattr(service_mod, "INITIAL_FREE_WAIT_S", 0.01)
+    svc, _ = make(0)
+    svc.initial_free = InitialFreeMemory("/nonexistent/boot_time_memory")
+    with pytest.raises(InternalError, match="^host initial free memory not yet measured$"):
+        svc.get_host_initial_free_memory("t")
+
+
+def test_domain_zero_total_unknown() -> None:
+    host = SimulatedHost(0, [])
+    for svc in (MemoryService(host), MemoryService(host, dom0=Dom0Policy(True, 1, None))):
+        with pytest.raises(InternalError) as e:
+            svc.get_domain_zero_policy("t")
+        assert e.value.message == "failed to obtain domain 0's total memory"
+
+
+def test_a_domain_without_flags_shows_a_dash() -> None:
+    svc, _ = make(0, [dom(5, 500 * MIB, target=300 * MIB, can_balloon=False, driver=Stuck())])
+    assert re.search(r"^  5 \d+ \d+ \d+ \d+ \d+ -$", svc.get_diagnostics("t"), re.M)
+
+
+def test_loading_the_persisted_value_does_not_rewrite_it(tmp_path) -> None:
+    from squeezed.service import InitialFreeMemory
+
+    path = tmp_path / "boot_time_memory"
+    path.write_text(" 77\n")
+    initial = InitialFreeMemory(str(path))
+    assert initial.load_persisted() and initial.get(0) == 77
+    assert path.read_text() == " 77\n"
