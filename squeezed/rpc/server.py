@@ -198,6 +198,8 @@ def http_reply(status: int, content_type: str, body: bytes, close: bool) -> byte
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive by default
     server: _Server
+    rfile: io.BufferedReader  # type: ignore[assignment]  # peekable, set in setup()
+    wfile: _Writer  # type: ignore[assignment]
 
     def setup(self) -> None:
         self.connection = self.request
