@@ -397,6 +397,8 @@ class Daemon:
         systemd.stopping()
         if self.host is not None:
             self.host.abandon()  # a running squeeze returns an error to its caller
+        if self.service is not None:
+            self.service.abandon()  # ... saying "shutting down", however it failed
         if self.xs is not None:
             # A request waiting for xenstored to come back gives up now, so its
             # caller gets the error reply before the servers close.

@@ -158,6 +158,13 @@ class MemoryService:
         self._history: collections.deque[_OpRecord] = collections.deque(maxlen=32)
         self._history_lock = threading.Lock()
         self.on_set_log_level: Callable[[str], None] | None = None
+        self._shutting_down = False
+
+    def abandon(self) -> None:
+        """The daemon is stopping: an operation that fails from now on (its
+        waits abandoned, its xenstore connection closed under it) answers its
+        caller "shutting down", whatever the failure looked like."""
+        self._shutting_down = True
 
     # -- helpers -----------------------------------------------------------
 
@@ -181,11 +188,20 @@ class MemoryService:
                 e.needed_kib - self.cfg.reserve_kib, e.free_kib - self.cfg.reserve_kib
             ) from None
         except MemoryError_ as e:
+            if self._shutting_down:
+                rec.outcome = "abandoned"
+                raise InternalError("squeezed is shutting down; operation abandoned") from None
             rec.outcome = e.name
             raise
         except ops.OperationAbandoned:
             rec.outcome = "abandoned"
             raise InternalError("squeezed is shutting down; operation abandoned") from None
+        except Exception as e:
+            if self._shutting_down:
+                rec.outcome = "abandoned"
+                raise InternalError("squeezed is shutting down; operation abandoned") from None
+            rec.outcome = f"failed: {type(e).__name__}"
+            raise
         except BaseException as e:
             rec.outcome = f"failed: {type(e).__name__}"
             raise

@@ -571,3 +571,24 @@ def test_loading_the_persisted_value_does_not_rewrite_it(tmp_path) -> None:
     initial = InitialFreeMemory(str(path))
     assert initial.load_persisted() and initial.get(0) == 77
     assert path.read_text() == " 77\n"
+
+
+def test_failures_after_abandon_say_shutting_down(monkeypatch) -> None:
+    """SIGTERM closes xenstore under a running operation: whatever it fails
+    with, its caller gets the promised "shutting down" reply."""
+    svc, host = make(4000 * MIB)
+
+    def eio(*a, **kw):
+        raise InternalError("xenstore write ... failed: EIO (client closed)")
+
+    monkeypatch.setattr(ops, "reserve", eio)
+    with pytest.raises(InternalError, match="^xenstore write"):
+        svc.reserve_memory("t", "s", 1)  # not shutting down: the failure itself
+    svc.abandon()
+    with pytest.raises(InternalError) as e:
+        svc.reserve_memory("t", "s", 1)
+    assert e.value.message == "squeezed is shutting down; operation abandoned"
+    assert last_history(svc).endswith("-> abandoned")
+    monkeypatch.setattr(ops, "reserve", lambda *a, **kw: 1 / 0)
+    with pytest.raises(InternalError, match="shutting down"):
+        svc.reserve_memory("t", "s", 1)
