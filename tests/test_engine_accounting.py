@@ -203,3 +203,126 @@ def test_balance_gives_free_memory_to_guests() -> None:
     idle = RecordingHost(508 * MIB, [full])
     ops.balance(idle, EngineConfig(reserve_kib=8 * MIB))
     assert idle.calls == []  # every guest at dynamic_max: nothing to write
+
+
+# ------------------------------------------------------------ second batch
+# (from the mutation run's survivors: clocks not starting at 0, the begin hook,
+# limits exactly reached, what balance logs and does not do)
+
+
+class BeginCounting(SimulatedHost):
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.begins = 0
+
+    def begin_operation(self) -> None:
+        self.begins += 1
+
+
+def test_each_operation_begins_once() -> None:
+    for op in (lambda h, c: ops.free_memory(h, c, 300 * MIB),
+               lambda h, c: ops.reserve(h, c, 300 * MIB),
+               lambda h, c: ops.free_memory_range(h, c, 100 * MIB, 300 * MIB),
+               lambda h, c: ops.balance(h, c),
+               lambda h, c: ops.is_unbalanced(h, c)):
+        host = BeginCounting(0, [guest(1, 1000 * MIB, 100 * MIB)])
+        op(host, EngineConfig(reserve_kib=0))
+        assert host.begins == 1
+
+
+def test_clock_not_starting_at_zero() -> None:
+    from squeezed.sim.virtual import VirtualClock
+
+    host = SimulatedHost(0, [guest(1, 1000 * MIB, 100 * MIB)], clock=VirtualClock(1000.0))
+    stats = ops.free_memory(host, EngineConfig(reserve_kib=0), 300 * MIB)
+    assert 2.9 <= stats.elapsed_s <= 3.5 and host.now() > 1000
+    slow = SimulatedHost(0, [guest(1, 1000 * MIB, 100 * MIB, Ideal(1))], clock=VirtualClock(1000.0))
+    with pytest.raises(InternalError) as e:
+        ops.free_memory(slow, EngineConfig(reserve_kib=0, operation_timeout_s=5.0,
+                                           stuck_after_s=1000.0), 300 * MIB)
+    assert e.value.message.startswith("operation timed out after 5.")
+    assert 1005.0 < slow.now() <= 1005.2  # the deadline wakes the loop in time
+    failed = SimulatedHost(0, [guest(1, 1000 * MIB, 100 * MIB, Stuck())],
+                           clock=VirtualClock(1000.0))
+    with pytest.raises(DomainsRefusedToCooperate):
+        ops.free_memory(failed, EngineConfig(reserve_kib=0, stuck_after_s=2.0), 300 * MIB)
+    assert 1002.0 <= failed.now() <= 1002.2  # stuck is noticed on time
+
+
+def test_two_guests_counts() -> None:
+    host = RecordingHost(0, [guest(1, 1000 * MIB, 100 * MIB), guest(2, 1000 * MIB, 100 * MIB)])
+    stats = ops.free_memory(host, EngineConfig(reserve_kib=0), 600 * MIB)
+    assert sorted(host.calls) == [("maxmem", 1, 700 * MIB), ("maxmem", 2, 700 * MIB),
+                                  ("target", 1, 700 * MIB), ("target", 2, 700 * MIB)]
+    assert (stats.targets_written, stats.maxmem_written) == (2, 2)
+
+
+def test_invalid_amounts_carry_the_value() -> None:
+    from squeezed.errors import InvalidMemoryValue
+
+    host = SimulatedHost(0, [])
+    for call, bad in [(lambda: ops.free_memory(host, EngineConfig(), -5), -5),
+                      (lambda: ops.reserve(host, EngineConfig(), -6), -6),
+                      (lambda: ops.free_memory_range(host, EngineConfig(), -7, 1), -7),
+                      (lambda: ops.free_memory_range(host, EngineConfig(), 9, 8), 8)]:
+        with pytest.raises(InvalidMemoryValue) as e:
+            call()
+        assert e.value.value == bad
+
+
+def test_fail_fast_limits_exactly() -> None:
+    # a guest exactly at dynamic_min gives nothing: 10 MiB free is the ceiling
+    at_min = RecordingHost(10 * MIB, [guest(1, 500 * MIB, 500 * MIB)])
+    with pytest.raises(CannotFreeThisMuchMemory) as e:
+        ops.free_memory(at_min, EngineConfig(reserve_kib=0), 10 * MIB + 1)
+    assert (e.value.needed_kib, e.value.free_kib) == (10 * MIB + 1, 10 * MIB)
+    assert at_min.calls == [] and at_min.now() == 0
+
+
+def test_flagged_guest_at_dynamic_min_is_not_blamed() -> None:
+    host = SimulatedHost(0, [guest(1, 1000 * MIB, 100 * MIB), guest(2, 500 * MIB, 500 * MIB),
+                             guest(3, 1000 * MIB, 900 * MIB)])
+    real = host.snapshot
+    host.snapshot = lambda: Host(  # type: ignore[method-assign]
+        tuple(dataclasses.replace(d, uncooperative=d.domid in (1, 2)) for d in real().domains),
+        real().free_mem_kib)
+    with pytest.raises(DomainsRefusedToCooperate) as e:
+        ops.free_memory(host, EngineConfig(reserve_kib=0), 500 * MIB)
+    assert e.value.domids == [1]  # 2 is flagged but has nothing to give
+    # exactly what the cooperative guest can give is not refused up front
+    ok = SimulatedHost(0, [guest(1, 1000 * MIB, 100 * MIB), guest(3, 1000 * MIB, 900 * MIB)])
+    real_ok = ok.snapshot
+    ok.snapshot = lambda: Host(  # type: ignore[method-assign]
+        tuple(dataclasses.replace(d, uncooperative=d.domid == 1) for d in real_ok().domains),
+        real_ok().free_mem_kib)
+    ops.free_memory(ok, EngineConfig(reserve_kib=0), 100 * MIB)
+
+
+def test_balance_logs_and_never_gives_back(caplog) -> None:
+    full = SimDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
+                     inaccuracy_kib=0, driver=Ideal(100 * MIB))
+    with caplog.at_level(logging.DEBUG, logger="squeezed.engine"):
+        assert ops.balance(SimulatedHost(508 * MIB, [full]), EngineConfig(reserve_kib=8 * MIB)) \
+            is None
+    msgs = [r.getMessage() for r in caplog.records]
+    assert f"balance: every domain is at its dynamic_max; {508 * MIB} KiB stay free" in msgs
+
+
+def test_short_form() -> None:
+    assert Domain(3, True, 0, 100, 200, 100, 150, 0).short() == "3 T100 A100 M150 Bx"
+    assert Domain(3, False, 0, 100, 200, 90, 150, 4).short() == "3 T100 A90 M150 ?^"
+    assert Domain(3, True, 0, 100, 200, 110, 150, 4).short() == "3 T100 A110 M150 Bv"
+
+
+def test_inactive_reason_for_a_flagged_guest(caplog) -> None:
+    host = SimulatedHost(0, [guest(1, 1000 * MIB, 100 * MIB, Stuck()),
+                             guest(2, 1000 * MIB, 100 * MIB)])
+    host.deadline_s = 600.0
+    real = host.snapshot
+    host.snapshot = lambda: Host(  # type: ignore[method-assign]
+        tuple(dataclasses.replace(d, uncooperative=d.domid == 1) for d in real().domains),
+        real().free_mem_kib)
+    with caplog.at_level(logging.INFO, logger="squeezed.engine"):
+        ops.free_memory(host, EngineConfig(reserve_kib=0, stuck_after_s=2.0), 800 * MIB)
+    assert any(r.getMessage().startswith("domain 1 declared inactive (flagged uncooperative)")
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
