@@ -326,3 +326,46 @@ def test_inactive_reason_for_a_flagged_guest(caplog) -> None:
         ops.free_memory(host, EngineConfig(reserve_kib=0, stuck_after_s=2.0), 800 * MIB)
     assert any(r.getMessage().startswith("domain 1 declared inactive (flagged uncooperative)")
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_two_phase_frees_before_it_allocates() -> None:
+    # no free memory; A holds 1500 MiB, B 500 MiB, both min 100 max 2000: the
+    # balanced shares are 1000 MiB each. A must free 500 before B may grow.
+    a = SimDomain(1, 100 * MIB, 2000 * MIB, 1500 * MIB, 1500 * MIB, 1500 * MIB,
+                  inaccuracy_kib=0, driver=Ideal(100 * MIB))
+    b = SimDomain(2, 100 * MIB, 2000 * MIB, 500 * MIB, 500 * MIB, 500 * MIB,
+                  inaccuracy_kib=0, driver=Ideal(100 * MIB))
+    host = RecordingHost(0, [a, b])
+    ops.balance(host, EngineConfig(reserve_kib=0))
+    assert host.calls == [("target", 1, 1000 * MIB), ("maxmem", 1, 1000 * MIB),
+                          ("maxmem", 2, 1000 * MIB), ("target", 2, 1000 * MIB)]
+    assert 10.0 <= host.now() <= 10.5  # 5 s for A to free, then 5 s for B to grow
+    assert host.violations == []
+
+
+def test_ideal_share_of_a_new_domain() -> None:
+    # one guest 1000 MiB (min 100, max 1000), nothing free, a newcomer asking
+    # 100..500 MiB. As upstream, what would be free with every domain at its
+    # minimum (900 MiB; the newcomer, holding nothing, counts as 0, not -100)
+    # is shared in proportion to the ranges (900 and 400 MiB): the newcomer
+    # gets 100 + 400 * 900 / 1300 MiB.
+    host = SimulatedHost(0, [SimDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
+                                       1000 * MIB, inaccuracy_kib=0)])
+    expected_kib = 100 * MIB + 400 * MIB * 900 // 1300
+    got = ops.ideal_new_domain_kib(host.snapshot(), EngineConfig(reserve_kib=0), 100 * MIB,
+                                   500 * MIB)
+    assert abs(got - expected_kib) <= 1, (got, expected_kib)
+    # with the reserve kept back, the share shrinks: 100 + 400 * (900 - 8) / 1300 MiB
+    got_r = ops.ideal_new_domain_kib(host.snapshot(), EngineConfig(reserve_kib=8 * MIB),
+                                     100 * MIB, 500 * MIB)
+    assert abs(got_r - (100 * MIB + 400 * MIB * 892 // 1300)) <= 1, got_r
+
+
+def test_range_reservation_amount() -> None:
+    # as above, through free_memory_range: the caller may use what is free
+    # above the reserve, between min and max
+    host = SimulatedHost(0, [guest(1, 1000 * MIB, 100 * MIB)])
+    amount, _ = ops.free_memory_range(host, EngineConfig(reserve_kib=8 * MIB), 100 * MIB,
+                                      500 * MIB)
+    assert amount == host.snapshot().free_mem_kib - 8 * MIB
+    assert 100 * MIB <= amount <= 500 * MIB
