@@ -67,6 +67,7 @@ class OpStats:
     iterations: int = 0
     elapsed_s: float = 0.0
     targets_written: int = 0
+    maxmem_written: int = 0
 
 
 def _clamp(lo: int, hi: int, v: int) -> int:
@@ -79,6 +80,7 @@ def _write(io: HostIO, d: Domain, target_kib: int, maxmem_kib: int, stats: OpSta
     if target_kib > d.target_kib:
         if maxmem_kib != d.memory_max_kib:
             io.set_maxmem(d.domid, maxmem_kib)
+            stats.maxmem_written += 1
         io.set_target(d.domid, target_kib)
         stats.targets_written += 1
     else:
@@ -87,6 +89,7 @@ def _write(io: HostIO, d: Domain, target_kib: int, maxmem_kib: int, stats: OpSta
             stats.targets_written += 1
         if maxmem_kib != d.memory_max_kib:
             io.set_maxmem(d.domid, maxmem_kib)
+            stats.maxmem_written += 1
 
 
 def change_host_free_memory(
