@@ -1,0 +1,99 @@
+"""The virtual-time host at scale: a thousand guests in virtual time, the work
+per tick and per write counted (not timed: speed is in bench/bench_scale.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from squeezed.sim import scenario
+from squeezed.sim.drivers import Ideal
+from squeezed.sim.virtual import SimDomain, SimulatedHost
+
+MIB = 1024
+GIB = 1024 * MIB
+STEPS = [0]  # driver steps taken, by every CountingIdeal
+
+
+@dataclass(frozen=True, slots=True)
+class CountingIdeal(Ideal):
+    kind: ClassVar[str] = "ideal"
+
+    def step(self, now_s: float, dt_s: float, actual_kib: int, target_kib: int,
+             maxmem_kib: int, host_free_kib: int) -> int:
+        STEPS[0] += 1
+        return Ideal.step(self, now_s, dt_s, actual_kib, target_kib, maxmem_kib, host_free_kib)
+
+
+class ManualClock:
+    """Not a VirtualClock: the host treats it as a real clock (writes may
+    fall between ticks), but the test sets the time."""
+
+    def __init__(self) -> None:
+        self.t_s = 0.0
+
+    def now(self) -> float:
+        return self.t_s
+
+    def sleep_until(self, t_s: float) -> None:
+        self.t_s = max(self.t_s, t_s)
+
+
+def thousand_guests_scenario(n: int = 1000) -> scenario.Scenario:
+    """The issue's case: n ideal balloons at 2 GiB, dynamic-min 512 MiB, host
+    free 0, 1 MiB/s each, free n MiB with no kept reserve; then idle."""
+    doms = "".join(
+        f"[[domain]]\ndomid = {i}\ndynamic_min_kib = {512 * MIB}\ndynamic_max_kib = {2 * GIB}\n"
+        f"target_kib = {2 * GIB}\nactual_kib = {2 * GIB}\n"
+        f"driver = {{ kind = \"ideal\", rate_kib_s = {MIB} }}\n"
+        for i in range(1, n + 1)
+    )
+    steps = (f"[[step]]\nop = \"reserve\"\nkib = {n * MIB}\n"
+             "[[step]]\nop = \"advance\"\nseconds = 600\n")
+    return scenario.loads(f"[host]\nfree_kib = 0\nreserved_kib = 0\n{doms}{steps}")
+
+
+def test_a_thousand_guests_free_memory_in_virtual_time_with_bounded_work():
+    sc = thousand_guests_scenario()
+    host = scenario.build_host(sc)
+    for d in host.domains:
+        d.driver = CountingIdeal(d.driver.rate_kib_s)  # type: ignore[attr-defined]
+    per_step: list[int] = []
+
+    def on_step(_result: dict) -> None:
+        per_step.append(STEPS[0])
+        STEPS[0] = 0
+
+    STEPS[0] = 0
+    result = scenario.run(sc, host, on_step=on_step)
+    assert result["ok"], result["steps"][0]["failures"] or result["violations"]
+    reserve, idle = result["steps"]
+    limit_s = 1000 * MIB / (1000 * MIB)  # X / (N * R), in virtual seconds
+    assert reserve["outcome"] == "success" and reserve["sim_seconds"] <= 1.2 * limit_s + 0.1
+    assert host.physical_free_kib >= 1000 * MIB and host.free_kib >= 0  # held by the reservation
+    # Each tick steps each moving domain once (10 ms ticks); no work per write.
+    ticks = reserve["sim_seconds"] / 0.01 + 2
+    assert per_step[0] <= 1000 * ticks
+    # Ten idle minutes of a thousand domains at their targets: nothing to step.
+    assert idle["outcome"] == "success" and per_step[1] == 0
+
+
+def test_a_write_costs_no_physics_and_the_old_target_holds_until_it():
+    clock = ManualClock()
+    doms = [SimDomain(i, 0, 4000, 1000, 1000, 4000, 4, True, CountingIdeal(1000))
+            for i in range(1, 101)]
+    host = SimulatedHost(0, doms, clock=clock, tick_s=0.01)
+    host.release(10_000)
+    STEPS[0] = 0
+    clock.t_s = 0.5
+    host.set_maxmem(2, 1100)  # domain 2 may grow to 1100 only
+    for i in range(1, 101):
+        host.set_target(i, 0 if i % 2 else 2000 if i != 2 else 1100)  # half give, half take
+    assert STEPS[0] == 0  # the writes advanced no physics
+    host.wait(0.5)  # to t = 1.0: each moved for 0.5 s at 1000 KiB/s
+    assert host.domain(1).actual_kib == 500
+    assert host.domain(3).actual_kib == 500
+    assert host.domain(2).actual_kib == 1100
+    assert host.domain(4).actual_kib == 1500
+    assert host.violations == []
+    assert host.total_kib() == 100 * 1000 + 10_000
