@@ -97,3 +97,46 @@ def test_a_write_costs_no_physics_and_the_old_target_holds_until_it():
     assert host.domain(4).actual_kib == 1500
     assert host.violations == []
     assert host.total_kib() == 100 * 1000 + 10_000
+
+
+# ---- the real-interface host: event-driven guests --------------------------------------
+
+
+def _wait_for(pred, timeout_s: float = 20.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_idle_guests_of_the_real_interface_host_are_not_moved(tmp_path, monkeypatch):
+    import time
+
+    from squeezed.sim.xenhost import PAGE_KIB, SimulatedXenHost
+
+    sim = SimulatedXenHost(tmp_path, total_kib=(200 * 64 + 2048) * MIB).start()
+    try:
+        for i in range(1, 201):
+            sim.add_running_domain(i, actual_kib=64 * MIB, target_kib=64 * MIB,
+                                   dynamic_min_kib=32 * MIB, dynamic_max_kib=64 * MIB)
+        _wait_for(lambda: not sim._active)  # every guest looked at once, found at rest
+        moves = [0]
+        real_move = sim._move
+
+        def counting_move(*args):  # type: ignore[no-untyped-def]
+            moves[0] += 1
+            return real_move(*args)
+
+        monkeypatch.setattr(sim, "_move", counting_move)
+        time.sleep(0.3)  # 30 ticks' worth of idle time
+        assert moves[0] == 0
+        # A target write wakes that guest alone, and it moves there.
+        sim.xenstored.write("/local/domain/7/memory/target", str(48 * MIB))
+        _wait_for(lambda: sim.hv.get_domain(7).tot_pages * PAGE_KIB == 48 * MIB)
+        _wait_for(lambda: not sim._active)
+        assert 0 < moves[0] < 50
+        assert sim.hv.get_domain(8).tot_pages * PAGE_KIB == 64 * MIB
+    finally:
+        sim.stop()
