@@ -140,3 +140,24 @@ def test_idle_guests_of_the_real_interface_host_are_not_moved(tmp_path, monkeypa
         assert sim.hv.get_domain(8).tot_pages * PAGE_KIB == 64 * MIB
     finally:
         sim.stop()
+
+
+# ---- the watcher's queue under thousands of watches --------------------------------------
+
+
+def test_queue_collapses_once_for_a_burst_from_thousands_of_watches():
+    from squeezed.xen.xenstore import CoalescingQueue, WatchEvent
+
+    q = CoalescingQueue(max_pending=1024)
+    watches: dict[tuple[str, str], None] = {}
+    for domid in range(1, 1001):  # as XenHost registers them: initial events one by one
+        for key in ("memory/target", "memory/dynamic-min", "control/feature-balloon"):
+            path, token = f"/local/domain/{domid}/{key}", f"domain-{domid}"
+            watches[(path, token)] = None
+            q.push(WatchEvent(path, token), watches)
+            q.push(WatchEvent(path, token), watches)  # a change right after: coalesced
+    assert q.stats["overflows"] == 1  # not one per event after the first
+    assert len(q) <= len(watches) + 1
+    assert set(q.drain()) == {WatchEvent(p, t) for p, t in watches}  # nothing lost
+    q.push(WatchEvent("/local/domain/5/memory/target", "domain-5"), watches)
+    assert len(q) == 1  # drained: no longer collapsed
