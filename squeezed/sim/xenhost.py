@@ -243,6 +243,7 @@ class SimulatedXenHost:
 
     def _run(self) -> None:
         last = time.monotonic()
+        cost_s = 0.0
         while not self._stop.is_set():
             with self._lock:
                 idle = not self._active
@@ -259,7 +260,10 @@ class SimulatedXenHost:
                     self._wake.wait(timeout_s)
                 last = time.monotonic() - self.tick_s
             else:
-                self._stop.wait(self.tick_s)
+                # A tick must cost well under its length, or the guests' timer
+                # starves xenstored (same process): ticks last >= 5x their cost
+                # (drivers are exact for any tick length).
+                self._stop.wait(max(self.tick_s, 5 * cost_s))
             now = time.monotonic()
             dt = now - last
             last = now
@@ -267,9 +271,11 @@ class SimulatedXenHost:
                 self.tick(self.now(), dt)
             except Exception:  # a simulator bug must not kill the host silently
                 log.exception("simulated guests: tick failed")
+            cost_s = time.monotonic() - now
 
     def tick(self, now_s: float, dt_s: float) -> None:
-        """Move the active guests (and destroy those due)."""
+        """Move the active guests (and destroy those due): one read of the
+        domain list and one batch of allocation changes for all of them."""
         assert self.hv is not None
         with self._lock:
             doomed = [g for g in self.guests.values()
@@ -280,38 +286,44 @@ class SimulatedXenHost:
             targets = dict(self._targets)
         for g in doomed:
             self.destroy_domain(g.domid)
-        for g in guests:
-            if g.destroy_at_s is not None and now_s >= g.destroy_at_s:
-                continue
-            if self._move(g, now_s, dt_s, targets.get(g.domid)):
-                with self._lock:
-                    if g.domid in self.guests:
-                        self._active.add(g.domid)
-
-    def _move(self, g: SimGuest, now_s: float, dt_s: float, target: int | None) -> bool:
-        """One guest's tick; True if it still has somewhere to go."""
-        assert self.hv is not None
-        try:
-            d = self.hv.get_domain(g.domid)
-        except NoSuchDomain:
-            return False
-        overhead = 0 if g.domain_type == "pv" else 1024
-        maxmem_kib = max(0, d.max_pages * PAGE_KIB - overhead - g.offset_kib)
+        if not guests:
+            return
+        infos = {d.domid: d for d in self.hv.domains()}
         free_kib = self.hv.free_pages * PAGE_KIB
-        actual_kib = d.tot_pages * PAGE_KIB - g.offset_kib
-        if not g.booted:
-            return self._build(g, d.tot_pages * PAGE_KIB, d.max_pages * PAGE_KIB, dt_s)
-        if target is None:
-            return False  # woken again when a target is written
-        new_kib = g.driver.step(now_s, dt_s, actual_kib, target, maxmem_kib, free_kib)
-        if new_kib != actual_kib:
-            try:
-                self.hv.balloon_to(g.domid, max(0, new_kib + g.offset_kib) // PAGE_KIB)
-            except (InsufficientMemory, NoSuchDomain):
-                return True
-        # Page rounding: an allocation within a page of its target is there.
-        at_target = abs(new_kib - target) < PAGE_KIB
-        return not (at_target and getattr(g.driver, "STILL_AT_TARGET", False))
+        again: set[int] = set()
+        moves: dict[int, tuple[int, int, bool]] = {}  # domid -> (pages, kib, stays put there)
+        for g in guests:
+            d = infos.get(g.domid)
+            if d is None or (g.destroy_at_s is not None and now_s >= g.destroy_at_s):
+                continue
+            if not g.booted:
+                if self._build(g, d.tot_pages * PAGE_KIB, d.max_pages * PAGE_KIB, dt_s):
+                    again.add(g.domid)
+                continue
+            target = targets.get(g.domid)
+            if target is None:
+                continue  # woken again when a target is written
+            overhead = 0 if g.domain_type == "pv" else 1024
+            maxmem_kib = max(0, d.max_pages * PAGE_KIB - overhead - g.offset_kib)
+            actual_kib = d.tot_pages * PAGE_KIB - g.offset_kib
+            new_kib = g.driver.step(now_s, dt_s, actual_kib, target, maxmem_kib, free_kib)
+            # Page rounding: an allocation within a page of its target is there.
+            done = (abs(new_kib - target) < PAGE_KIB
+                    and getattr(g.driver, "STILL_AT_TARGET", False))
+            if new_kib != actual_kib:
+                pages = max(0, new_kib + g.offset_kib) // PAGE_KIB
+                moves[g.domid] = (pages, new_kib, done)
+                free_kib -= (pages - d.tot_pages) * PAGE_KIB
+            elif not done:
+                again.add(g.domid)
+        if moves:
+            got = self.hv.balloon_many([(domid, m[0]) for domid, m in moves.items()])
+            for domid, (pages, _kib, done) in moves.items():
+                if domid in got and (got[domid] != pages or not done):
+                    again.add(domid)  # clamped by Xen, or still on its way
+        if again:
+            with self._lock:
+                self._active.update(domid for domid in again if domid in self.guests)
 
     def _build(self, g: SimGuest, tot_kib: int, max_kib: int, dt_s: float) -> bool:
         """The domain builder's tick; True while there is more to do."""
