@@ -161,3 +161,56 @@ def test_queue_collapses_once_for_a_burst_from_thousands_of_watches():
     assert set(q.drain()) == {WatchEvent(p, t) for p, t in watches}  # nothing lost
     q.push(WatchEvent("/local/domain/5/memory/target", "domain-5"), watches)
     assert len(q) == 1  # drained: no longer collapsed
+
+
+# ---- XenHost: a quiet host's snapshot rebuilds no domain ---------------------------------
+
+
+def test_snapshot_reuses_unchanged_domains_and_sees_every_change(tmp_path, monkeypatch):
+    import threading
+
+    from squeezed.sim.xenhost import SimulatedXenHost
+    from squeezed.xen.host import XenHost
+    from squeezed.xen.xenctrl import XenCtrl
+    from squeezed.xen.xenstore import Watcher, XenstoreClient
+
+    sim = SimulatedXenHost(tmp_path, total_kib=(20 * 64 + 2048) * MIB).start()
+    stop = threading.Event()
+    try:
+        for i in range(1, 21):
+            sim.add_running_domain(i, actual_kib=64 * MIB, target_kib=64 * MIB,
+                                   dynamic_min_kib=32 * MIB, dynamic_max_kib=64 * MIB)
+        for k, v in sim.env().items():
+            monkeypatch.setenv(k, v)
+        host = XenHost(XenCtrl.open(sim.libxenctrl_path), XenstoreClient(sim.xenstored_path))
+        watcher = Watcher(sim.xenstored_path)
+        t = threading.Thread(target=host.run_watcher, args=(watcher, stop), daemon=True)
+        t.start()
+        _wait_for(lambda: host._watching)
+        host.observe()
+        rebuilt = [0]
+        real_view = host._domain_view
+
+        def counting_view(*args):  # type: ignore[no-untyped-def]
+            rebuilt[0] += 1
+            return real_view(*args)
+
+        monkeypatch.setattr(host, "_domain_view", counting_view)
+
+        def quiet() -> bool:  # the watches' initial events have all been handled
+            rebuilt[0] = 0
+            return len(host.observe().domains) == 20 and rebuilt[0] == 0
+
+        _wait_for(quiet)  # a snapshot of a quiet host rebuilds nothing
+        rebuilt[0] = 0
+        # A key changes (seen through its watch) and a guest's allocation moves.
+        sim.xenstored.write("/local/domain/3/memory/dynamic-min", str(16 * MIB))
+        _wait_for(lambda: host._cache[3].keys.get("memory/dynamic-min") == str(16 * MIB))
+        sim.hv.balloon_to(5, 60 * MIB // 4)
+        doms = {d.domid: d for d in host.observe().domains}
+        assert doms[3].dynamic_min_kib == 16 * MIB and doms[5].memory_actual_kib == 60 * MIB
+        assert rebuilt[0] == 2
+        watcher.close()
+    finally:
+        stop.set()
+        sim.stop()

@@ -65,6 +65,7 @@ def _int(value: str | None) -> int | None:
 class _Cached:
     keys: dict[str, str | None] = field(default_factory=dict)
     writes: int = 0  # bumped by our own writes: a read older than one is stale
+    version: int = 0  # bumped whenever keys change (a refresh or our own write)
 
 
 class XenHost:
@@ -96,6 +97,10 @@ class XenHost:
         self._uncooperative: set[int] = set()
         self._last_reserved_kib = 0
         self._last_phys = (0, 0, 0)
+        # A booted domain's engine view, kept while neither its hypervisor
+        # figures nor its cached keys change: a snapshot of a quiet host of
+        # a thousand domains rebuilds none of them (issue 12).
+        self._views: dict[int, tuple[tuple[Any, ...], Domain]] = {}
 
     # -- cache -------------------------------------------------------------
 
@@ -115,6 +120,7 @@ class XenHost:
                 c = self._cache.setdefault(domid, _Cached())
                 if c.writes == before:
                     c.keys = keys
+                    c.version += 1
                     return keys
         return keys
 
@@ -131,12 +137,14 @@ class XenHost:
             if c is not None:
                 c.keys[key] = value
                 c.writes += 1
+                c.version += 1
 
     def forget_gone(self, live: set[int]) -> None:
         with self._lock:
             for domid in [d for d in self._cache if d not in live]:
                 del self._cache[domid]
                 self._types.pop(domid, None)
+                self._views.pop(domid, None)
             for domid in [d for d in self._last_cooperative_s if d not in live]:
                 self._last_cooperative_s.pop(domid, None)
                 self._uncooperative.discard(domid)
@@ -275,6 +283,24 @@ class XenHost:
         return host, all_domids
 
     def _domain(self, di: Any, calibrate: bool) -> tuple[Domain | None, int]:
+        with self._lock:
+            c = self._cache.get(di.domid)
+            memo = None
+            if c is not None and self._watching:
+                memo = (di.tot_pages, di.max_pages, di.hvm, c.version)
+                seen = self._views.get(di.domid)
+                if seen is not None and seen[0] == memo:
+                    return seen[1], 0
+        d, unaccounted_kib = self._domain_view(di, calibrate)
+        if memo is not None and d is not None and c is not None and (
+                c.keys.get("control/feature-balloon") is not None
+                or c.keys.get("data/updated") is not None):
+            # Booted (an unbooted domain's view reads xenstore afresh).
+            with self._lock:
+                self._views[di.domid] = (memo, d)
+        return d, unaccounted_kib
+
+    def _domain_view(self, di: Any, calibrate: bool) -> tuple[Domain | None, int]:
         keys = self._keys(di.domid)
         dtype = self._domain_type(keys, di.hvm)
         with self._lock:
