@@ -51,6 +51,7 @@ UPSTREAM_S = {  # upstream's core on its own simulator (issue 12)
     (10, 100, 1): 2.00, (10, 10, 1): 11.0, (100, 10, 10): 11.0, (1000, 1, 1): 2.03,
     (10000, 1, 10): 3.16,
 }
+ANALYSIS_MARKER = "<!-- analysis: kept by bench_scale.py -->"
 ENGINE_CASES = [(10, 100, 1), (10, 10, 1), (100, 10, 10), (1000, 1, 1), (10000, 1, 10)]
 
 
@@ -623,8 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         header = [
             "# Benchmarks at scale (issue 12)",
             "",
-            "Written by `bench/bench_scale.py` (`make bench-scale`); the analysis below the",
-            "measured sections is kept in `bench/benchmarks-scale-notes.md` and appended.",
+            "Written by `bench/bench_scale.py` (`make bench-scale`), which keeps the",
+            "hand-written analysis from the marker line on.",
             "",
             f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
             f"- machine: {os.cpu_count()} cores ({cpu_model()}), shared with other work; "
@@ -632,10 +633,10 @@ def main(argv: list[str] | None = None) -> int:
             f"- runs: {runs} per engine case (median, min–max shown)",
             "",
         ]
-        notes = ROOT / "bench" / "benchmarks-scale-notes.md"
-        tail = "\n" + notes.read_text() if notes.exists() else ""
-        (ROOT / "docs" / "benchmarks-scale.md").write_text("\n".join(header) + "\n" + body
-                                                           + "\n" + tail)
+        page = ROOT / "docs" / "benchmarks-scale.md"
+        old = page.read_text() if page.exists() else ""
+        tail = old[old.index(ANALYSIS_MARKER):] if ANALYSIS_MARKER in old else ANALYSIS_MARKER
+        page.write_text("\n".join(header) + "\n" + body + "\n\n" + tail.rstrip() + "\n")
     return 0
 
 
