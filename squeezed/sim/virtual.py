@@ -498,11 +498,19 @@ class SimulatedHost:
             for d in group:
                 before_kib = d.actual_kib
                 segments = replaced.get(d.domid) if replaced else None
-                if not segments:
-                    self._step(d, t1_s, dt_s, d.actual_kib, d.target_kib, d.maxmem_kib)
-                else:
+                if segments:
                     self._step_written(d, t1_s, dt_s, segments)
-                moved = moved or d.actual_kib != before_kib
+                    moved = moved or d.actual_kib != before_kib
+                    continue
+                # _step, inlined: this loop runs for every moving domain.
+                new = d.driver.step(t1_s, dt_s, before_kib, d.target_kib, d.maxmem_kib,
+                                    self._raw_free_kib)
+                if new > before_kib or new < 0:
+                    new = bound(before_kib, new, d.maxmem_kib, self._raw_free_kib)
+                if new != before_kib:
+                    self._raw_free_kib -= new - before_kib
+                    d.actual_kib = new
+                    moved = True
         return moved
 
     def _step_written(self, d: SimDomain, t1_s: float, dt_s: float,
