@@ -439,12 +439,14 @@ def bench_boot_storm(n: int, starts: int) -> dict:
         # no reservation is left, and host memory is conserved.
         left = [f"{s}/{r}" for s in sim.xenstored.directory("/squeezed/state")
                 for r in sim.xenstored.directory(f"/squeezed/state/{s}")]
+        hv = sim.hv
+        assert hv is not None
         allocated_ok = all(
-            sim.hv.get_domain(r["domid"]).tot_pages * PAGE_KIB >= r["kib"]
+            hv.get_domain(r["domid"]).tot_pages * PAGE_KIB >= int(r["kib"])
             for r in results if r.get("ok"))
-        phys = sim.hv.physinfo()
+        phys = hv.physinfo()
         total_kib = phys.free_pages * PAGE_KIB + sum(
-            dom.tot_pages * PAGE_KIB for dom in sim.hv.domains())
+            dom.tot_pages * PAGE_KIB for dom in hv.domains())
         conserved = total_kib == (phys.total_pages * PAGE_KIB - sim.xen_kib)
     finally:
         d.stop()

@@ -535,18 +535,18 @@ class XenstoreCore:
             return OK
         if op == Op.WATCH:
             path_s, token = self._args(pkt, 2)[:2]
-            node = self.canonical(path_s, conn.domid, allow_special=True)
-            if (node, token) in conn.watches:
+            watched = self.canonical(path_s, conn.domid, allow_special=True)
+            if (watched, token) in conn.watches:
                 raise XsError("EEXIST")
-            w = _Watch(conn.id, node, token, relative=not path_s.startswith(("/", "@")))
+            w = _Watch(conn.id, watched, token, relative=not path_s.startswith(("/", "@")))
             self._add_watch(conn, w)
             # Fired once up front (as the real daemons do): simplifies clients and restarts.
-            self._emit(w, node)
+            self._emit(w, watched)
             return OK
         if op == Op.UNWATCH:
             path_s, token = self._args(pkt, 2)[:2]
-            node = self.canonical(path_s, conn.domid, allow_special=True)
-            found = conn.watches.get((node, token))
+            watched = self.canonical(path_s, conn.domid, allow_special=True)
+            found = conn.watches.get((watched, token))
             if found is None:
                 raise XsError("ENOENT")
             self._drop_watch(conn, found)
