@@ -73,6 +73,7 @@ class Config:
     uncooperative_after_s: float = 20.0
     poll_min_s: float = 0.02
     poll_max_s: float = 1.0
+    operation_timeout_s: float = 300.0
 
     def get(self, key: str) -> Any:
         """The value of a configuration key by its file/flag name."""
@@ -105,6 +106,7 @@ class Config:
             uncooperative_after_s=self.uncooperative_after_s,
             min_poll_s=self.poll_min_s,
             max_poll_s=self.poll_max_s,
+            operation_timeout_s=self.operation_timeout_s,
         )
 
 
@@ -364,6 +366,10 @@ _KEY_LIST = [
         "Shortest wait between polls while memory is moving.", True),
     Key("poll-max", "poll_max_s", _float_above_zero, _fmt_float, "a number of seconds > 0",
         "Longest wait between polls while nothing moves.", True),
+    Key("operation-timeout", "operation_timeout_s", _float_above_zero, _fmt_float,
+        "a number of seconds > 0",
+        "A squeezing operation still running after this long fails with Internal_error, "
+        "gives back what it freed and releases the lock for the next caller.", True),
 ]
 # fmt: on
 
