@@ -281,6 +281,7 @@ class XenstoreCore:
         self._conn_ids = itertools.count(1)
         self._watch_seq = itertools.count(1)
         self._by_node: dict[str, dict[int, _Watch]] = {}  # watched node -> watches by seq
+        self._below: dict[str, int] = {}  # path -> watched nodes strictly below it
         self._txn_ids = itertools.count(1)
         self._introduced: set[int] = {0}
         self._outbox: list[tuple[int, Packet]] = []
@@ -342,7 +343,10 @@ class XenstoreCore:
     def _add_watch(self, conn: _Conn, w: _Watch) -> None:
         w.seq = next(self._watch_seq)
         conn.watches[(w.node, w.token)] = w
-        self._by_node.setdefault(w.node, {})[w.seq] = w
+        if w.node not in self._by_node:
+            self._by_node[w.node] = {}
+            self._count_below(w.node, 1)
+        self._by_node[w.node][w.seq] = w
 
     def _drop_watch(self, conn: _Conn, w: _Watch) -> None:
         del conn.watches[(w.node, w.token)]
@@ -350,6 +354,21 @@ class XenstoreCore:
         del ws[w.seq]
         if not ws:
             del self._by_node[w.node]
+            self._count_below(w.node, -1)
+
+    def _count_below(self, node: str, delta: int) -> None:
+        """Count a watched node under each of its proper ancestors, so that a
+        removal looks for watches below it only where there are some."""
+        if node.startswith("@"):
+            return
+        p = node
+        while p != "/":
+            p = _parent(p)
+            n = self._below.get(p, 0) + delta
+            if n:
+                self._below[p] = n
+            else:
+                self._below.pop(p, None)
 
     def _drop_watches(self, conn: _Conn) -> None:
         for w in list(conn.watches.values()):
@@ -373,7 +392,7 @@ class XenstoreCore:
                 if p == "/":
                     break
                 p = _parent(p)
-            if removed:
+            if removed and self._below.get(path):
                 prefix = path + "/"
                 for node, ws in by_node.items():
                     if node.startswith(prefix):
