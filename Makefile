@@ -60,7 +60,7 @@ bench: $(STAMP)
 	$(VENV) bench/bench_engine.py
 	$(VENV) bench/bench_stack.py
 
-# About 6 minutes; writes docs/benchmarks-scale.md (QUICK=1: fewer runs, ~3 minutes).
+# About 8 minutes; writes docs/benchmarks-scale.md (QUICK=1: fewer runs, ~4 minutes).
 bench-scale: $(STAMP)
 	$(VENV) bench/bench_scale.py $(if $(QUICK),--quick)
 
