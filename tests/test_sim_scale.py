@@ -214,6 +214,13 @@ def test_snapshot_reuses_unchanged_domains_and_sees_every_change(tmp_path, monke
         doms = {d.domid: d for d in host.observe().domains}
         assert doms[3].dynamic_min_kib == 16 * MIB and doms[5].memory_actual_kib == 60 * MIB
         assert sorted(rebuilt) == [3, 5]
+        # A change to one key is one READ, not one per key of the domain.
+        _wait_for(quiet)
+        sim.xenstored.requests.clear()
+        sim.xenstored.write("/local/domain/4/memory/dynamic-max", str(60 * MIB))
+        _wait_for(lambda: host._cache[4].keys.get("memory/dynamic-max") == str(60 * MIB))
+        assert sim.xenstored.requests["READ"] == 1
+        assert {d.domid: d for d in host.observe().domains}[4].dynamic_max_kib == 60 * MIB
         watcher.close()
     finally:
         stop.set()

@@ -225,6 +225,27 @@ class XenHost:
                     return keys
         return keys
 
+    def refresh_key(self, domid: int, key: str) -> None:
+        """Re-read one of a domain's keys into the cache (the whole domain if
+        it was never read), with the same guard against our own writes as
+        `refresh_domain`."""
+        for _ in range(8):
+            with self._lock:
+                c = self._cache.get(domid)
+                if c is None or not c.keys:
+                    break
+                before = c.writes
+            value = self.xs.read(f"{domain_path(domid)}/{key}")
+            with self._lock:
+                c = self._cache.get(domid)
+                if c is None:
+                    break
+                if c.writes == before:
+                    c.keys[key] = value
+                    c.version += 1
+                    return
+        self.refresh_domain(domid)
+
     def _keys(self, domid: int) -> dict[str, str | None]:
         with self._lock:
             c = self._cache.get(domid)
@@ -260,8 +281,8 @@ class XenHost:
     ) -> None:
         """Keep the cache fresh from xenstore watches until `stop` is set.
 
-        Only the tokens are used: any event for a domain re-reads its keys,
-        which also coalesces bursts into one refresh per domain. `beat` is
+        An event for one of a domain's keys re-reads that key; any other event
+        for the domain re-reads all its keys. `beat` is
         called every time round (at least every 0.5 s while healthy). Raises
         if the watcher's reader thread dies: events would stop for ever and
         the cache go stale, so the supervisor starts a fresh watcher, which
@@ -301,12 +322,18 @@ class XenHost:
                 events = watcher.events(0.5)
                 seq = watcher.drained_seq
                 dirty: set[int] = set()
+                changed: set[tuple[int, str]] = set()  # (domid, key) whose watch fired
                 resync = False
-                for _path, token in events:
+                for path, token in events:
                     if token in (INTRODUCE_TOKEN, RELEASE_TOKEN):
                         resync = True
                     elif token.startswith("squeezed:domain-"):
-                        dirty.add(int(token.rsplit("-", 1)[1]))
+                        domid = int(token.rsplit("-", 1)[1])
+                        key = path[len(domain_path(domid)) + 1:]
+                        if path.startswith(domain_path(domid) + "/") and key in DOMAIN_KEYS:
+                            changed.add((domid, key))
+                        else:
+                            dirty.add(domid)
                     else:  # e.g. the watcher's reconnection marker
                         resync = True
                         dirty.update(watched)
@@ -314,6 +341,11 @@ class XenHost:
                     sync_domains()
                 for domid in dirty & watched:
                     self.refresh_domain(domid)
+                # Each key has its own watch: re-read only the keys that fired
+                # (the echo of our own target write is one read, not nine).
+                for domid, key in sorted(changed):
+                    if domid in watched and domid not in dirty:
+                        self.refresh_key(domid, key)
                 with self._sync:
                     self._processed_seq = seq
                     self._sync.notify_all()
