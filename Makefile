@@ -59,6 +59,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV) bench/bench_engine.py
 	$(VENV) bench/bench_stack.py
+	$(VENV) bench/bench_switch.py
 
 # About 8 minutes; writes docs/benchmarks-scale.md (QUICK=1: fewer runs, ~4 minutes).
 bench-scale: $(STAMP)
