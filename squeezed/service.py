@@ -8,19 +8,20 @@ the backend (xenstore on a real host), so a restarted daemon finds it whole.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from squeezed import __version__
 from squeezed.backend import Backend, Reservation
 from squeezed.engine import operations as ops
-from squeezed.engine.operations import EngineConfig
+from squeezed.engine.operations import EngineConfig, OpStats
 from squeezed.errors import (
     CannotFreeThisMuchMemory,
     InternalError,
@@ -29,13 +30,16 @@ from squeezed.errors import (
     NoReservation,
     UnknownReservation,
 )
+from squeezed.stats import OperationStats
 
 log = logging.getLogger("squeezed.service")
 
 DEFAULT_SESSION = "default"  # the session of the sessionless Memory.* dialect
 INT64_MAX = 2**63 - 1
 _DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib", "dynamic_max_kib",
-                        "memory_actual_kib", "memory_max_kib")
+                        "memory_actual_kib", "memory_max_kib", "name", "flags")
+# Backend facts (XenHost.describe) passed on in get_state's host struct when present.
+_HOST_FACTS = ("xen_free_kib", "xen_scrub_kib", "xen_total_kib", "reservations_kib")
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,15 @@ class _OpRecord:
     args: str
     outcome: str = "running"
     elapsed_s: float = 0.0
+    started_mono: float = field(default_factory=time.monotonic)
+    active: bool = False  # holds the operation lock (others wait for it)
+
+    def public(self) -> dict[str, Any]:
+        """The IDL's operation_state."""
+        running = self.outcome == "running"
+        return {"op": self.op, "dbg": self.dbg, "args": self.args, "started_s": self.at,
+                "elapsed_s": time.monotonic() - self.started_mono if running else self.elapsed_s,
+                "outcome": self.outcome}
 
 
 @dataclass
@@ -137,6 +150,7 @@ class MemoryService:
         self._history: collections.deque[_OpRecord] = collections.deque(maxlen=32)
         self._history_lock = threading.Lock()
         self.on_set_log_level: Callable[[str], None] | None = None
+        self.stats = OperationStats()
 
     # -- helpers -----------------------------------------------------------
 
@@ -146,28 +160,45 @@ class MemoryService:
             self._history.append(rec)
         return rec
 
-    def _squeeze(self, op: str, dbg: str, fn: Callable[[], Any], **args: Any) -> Any:
+    def _finish(self, rec: _OpRecord, outcome: str) -> None:
+        rec.elapsed_s = time.monotonic() - rec.started_mono
+        rec.outcome = outcome
+        rec.active = False
+        self.stats.observe(rec.op, outcome, rec.elapsed_s)
+
+    @contextlib.contextmanager
+    def _recorded(self, op: str, dbg: str, **args: Any) -> Iterator[_OpRecord]:
+        """Record an operation in the history and the counters, with the
+        outcome its exception (or none) says."""
         rec = self._record(op, dbg, **args)
-        t0 = time.monotonic()
+        outcome = "Internal_error"  # what the dispatcher makes of anything else
         try:
-            with self._op_lock:
-                result = fn()
+            yield rec
+            outcome = "success"
+        except MemoryError_ as e:
+            outcome = e.name
+            raise
+        except ops.OperationAbandoned:
+            outcome = "abandoned"
+            raise
+        finally:
+            self._finish(rec, outcome)
+
+    def _squeeze(self, op: str, dbg: str, fn: Callable[[OpStats], Any], **args: Any) -> Any:
+        st = OpStats()
+        try:
+            with self._recorded(op, dbg, **args) as rec, self._op_lock:
+                rec.active = True
+                return fn(st)
         except CannotFreeThisMuchMemory as e:
             # Callers see amounts net of the kept reserve, as upstream reports.
-            rec.outcome = e.name
             raise CannotFreeThisMuchMemory(
                 e.needed_kib - self.cfg.reserve_kib, e.free_kib - self.cfg.reserve_kib
             ) from None
-        except MemoryError_ as e:
-            rec.outcome = e.name
-            raise
         except ops.OperationAbandoned:
-            rec.outcome = "abandoned"
             raise InternalError("squeezed is shutting down; operation abandoned") from None
         finally:
-            rec.elapsed_s = time.monotonic() - t0
-        rec.outcome = "success"
-        return result
+            self.stats.add_iterations(st.iterations)
 
     def _find(self, session_id: str, reservation_id: str) -> Reservation:
         for r in self.backend.reservations():
@@ -185,7 +216,7 @@ class MemoryService:
     def login(self, dbg: str, service_name: str) -> str:
         """The service name is the session id; a new login drops every
         untransferred reservation the previous incarnation left behind."""
-        with self._table_lock:
+        with self._recorded("login", dbg, service=service_name), self._table_lock:
             for r in self.backend.reservations():
                 if r.session != service_name:
                     continue
@@ -197,15 +228,14 @@ class MemoryService:
                     self.backend.remove_reservation(r.session, r.reservation_id)
                     log.info("login %s: dropped stale reservation %s (%d KiB) [dbg %s]",
                              service_name, r.reservation_id, r.kib, dbg)
-        self._record("login", dbg, service=service_name).outcome = "success"
         return service_name
 
     def reserve_memory(self, dbg: str, session_id: str, kib: int) -> str:
         self._check_kib(kib)
         rid = str(uuid.uuid4())
 
-        def run() -> str:
-            ops.reserve(self.backend, self.cfg, kib)
+        def run(st: OpStats) -> str:
+            ops.reserve(self.backend, self.cfg, kib, st)
             with self._table_lock:
                 self.backend.add_reservation(Reservation(session_id, rid, kib))
             return rid
@@ -223,8 +253,8 @@ class MemoryService:
             raise InvalidMemoryValue(max_kib)
         rid = str(uuid.uuid4())
 
-        def run() -> int:
-            amount_kib, _ = ops.free_memory_range(self.backend, self.cfg, min_kib, max_kib)
+        def run(st: OpStats) -> int:
+            amount_kib, _ = ops.free_memory_range(self.backend, self.cfg, min_kib, max_kib, st)
             with self._table_lock:
                 self.backend.add_reservation(Reservation(session_id, rid, amount_kib))
             return amount_kib
@@ -237,10 +267,9 @@ class MemoryService:
         return rid, amount_kib
 
     def delete_reservation(self, dbg: str, session_id: str, reservation_id: str) -> None:
-        with self._table_lock:
+        with self._recorded("delete_reservation", dbg, id=reservation_id), self._table_lock:
             r = self._find(session_id, reservation_id)
             self.backend.remove_reservation(session_id, reservation_id)
-        self._record("delete_reservation", dbg, id=reservation_id).outcome = "success"
         log.info("reservation %s deleted: session %s, %d KiB [dbg %s]",
                  reservation_id, session_id, r.kib, dbg)
 
@@ -249,11 +278,10 @@ class MemoryService:
     ) -> None:
         if domid < 0:
             raise InternalError(f"invalid domid {domid}")
-        with self._table_lock:
+        with self._recorded("transfer_reservation_to_domain", dbg, id=reservation_id,
+                            domid=domid), self._table_lock:
             r = self._find(session_id, reservation_id)
             self.backend.transfer_reservation(r, domid)
-        self._record("transfer_reservation_to_domain", dbg, id=reservation_id,
-                     domid=domid).outcome = "success"
         log.info("reservation %s transferred to domain %d: session %s, %d KiB [dbg %s]",
                  reservation_id, domid, session_id, r.kib, dbg)
 
@@ -264,7 +292,7 @@ class MemoryService:
         return rid
 
     def balance_memory(self, dbg: str) -> None:
-        self._squeeze("balance_memory", dbg, lambda: ops.balance(self.backend, self.cfg))
+        self._squeeze("balance_memory", dbg, lambda st: ops.balance(self.backend, self.cfg, st))
 
     def balance_if_unbalanced(self) -> bool:
         """The periodic balancer's step; skipped while an operation runs."""
@@ -273,13 +301,15 @@ class MemoryService:
         try:
             if not ops.is_unbalanced(self.backend, self.cfg):
                 return False
-            rec = self._record("auto-balance", "periodic")
+            st = OpStats()
             try:
-                ops.balance(self.backend, self.cfg)
+                with self._recorded("auto-balance", "periodic") as rec:
+                    rec.active = True
+                    ops.balance(self.backend, self.cfg, st)
             except ops.OperationAbandoned:
-                rec.outcome = "abandoned"
                 return False
-            rec.outcome = "success"
+            finally:
+                self.stats.add_iterations(st.iterations)
             return True
         finally:
             self._op_lock.release()
@@ -330,25 +360,43 @@ class MemoryService:
             logging.getLogger("squeezed").setLevel(level.upper())
 
     def get_state(self, dbg: str) -> dict[str, Any]:
-        """The operator's view (squeezectl state), shaped as the IDL's `state`."""
+        """The operator's view (squeezectl state, top, metrics), shaped as the
+        IDL's `state`."""
         st = self._state()
+        facts = st["facts"]
+        with self._history_lock:
+            history = list(self._history)
+        running = [rec for rec in history if rec.active]
+        counters = self.stats.snapshot()
+        for key in ("xenstore_errors", "hypercall_errors"):
+            counts = st["error_counts"].get(key, {})
+            counters[key] = [{"error": k, "count": v} for k, v in sorted(counts.items())]
         return {
-            "host": st["host"],
+            "host": {**st["host"], **{k: facts.get(k) for k in _HOST_FACTS}},
             "reservations": [
                 {"reservation_id": r["reservation_id"], "session_id": r["session"],
                  "kib": r["kib"], "domid": r["in_transfer_domid"]}
                 for r in st["reservations"]
             ],
             "domains": [{k: d[k] for k in _DOMAIN_STATE_FIELDS} for d in st["domains"]],
+            "operation": running[-1].public() if running else None,
+            "history": [rec.public() for rec in history],
+            "counters": counters,
         }
 
     def _state(self) -> dict[str, Any]:
         host = self.backend.observe()
         facts = self.backend.describe()
         uncooperative = set(facts.get("uncooperative_domids", ()))
+        # Every "<flag>_domids" list the backend describes is a per-domain flag.
+        flagged = {k[: -len("_domids")].replace("_", "-"): set(v) for k, v in facts.items()
+                   if k.endswith("_domids") and isinstance(v, list | tuple | set)}
+        names = facts.get("domain_names") or {}
         return {
             "host": {"free_kib": host.free_mem_kib, "reserved_kib": self.cfg.reserve_kib},
             "facts": {k: v for k, v in facts.items() if isinstance(v, int)},
+            "error_counts": {k: v for k, v in facts.items() if k.endswith("_errors")
+                             and isinstance(v, dict)},
             "reservations": [
                 {"session": r.session, "reservation_id": r.reservation_id, "kib": r.kib,
                  "in_transfer_domid": r.in_transfer_domid}
@@ -359,7 +407,8 @@ class MemoryService:
                  "dynamic_min_kib": d.dynamic_min_kib, "target_kib": d.target_kib,
                  "memory_actual_kib": d.memory_actual_kib, "dynamic_max_kib": d.dynamic_max_kib,
                  "memory_max_kib": d.memory_max_kib, "hit_target": d.hit_target,
-                 "uncooperative": d.domid in uncooperative}
+                 "uncooperative": d.domid in uncooperative, "name": names.get(d.domid),
+                 "flags": sorted(f for f, ids in flagged.items() if d.domid in ids)}
                 for d in host.domains
             ],
             "operation_running": self._op_lock.locked(),

@@ -104,6 +104,7 @@ def change_host_free_memory(
     aim_kib: int,
     success: Callable[[int], bool],
     need_kib: int | None,
+    stats: OpStats | None = None,
 ) -> OpStats:
     """Loop until every active domain hit its target and no target changes.
 
@@ -112,8 +113,9 @@ def change_host_free_memory(
     that satisfies it: used to fail fast when even every balloonable domain
     at dynamic_min could not provide it. The fast path needs the aim too, so
     that a range reservation gets its proportional share, not just its min.
+    A caller's `stats` is filled in even when the operation raises.
     """
-    stats = OpStats()
+    stats = OpStats() if stats is None else stats
     start_s = io.now()
     host = io.snapshot()
     balloonable = [d for d in host.domains if d.can_balloon]
@@ -184,18 +186,20 @@ def change_host_free_memory(
     return stats
 
 
-def free_memory(io: HostIO, cfg: EngineConfig, kib: int) -> OpStats:
+def free_memory(
+    io: HostIO, cfg: EngineConfig, kib: int, stats: OpStats | None = None
+) -> OpStats:
     """Make host free memory at least `kib` (the kept reserve not added)."""
     if kib < 0:
         raise InvalidMemoryValue(kib)
-    return change_host_free_memory(io, cfg, kib, lambda free: free >= kib, need_kib=kib)
+    return change_host_free_memory(io, cfg, kib, lambda free: free >= kib, kib, stats)
 
 
-def reserve(io: HostIO, cfg: EngineConfig, kib: int) -> OpStats:
+def reserve(io: HostIO, cfg: EngineConfig, kib: int, stats: OpStats | None = None) -> OpStats:
     """Free `kib` on top of the kept reserve, for a new domain."""
     if kib < 0:
         raise InvalidMemoryValue(kib)
-    return free_memory(io, cfg, kib + cfg.reserve_kib)
+    return free_memory(io, cfg, kib + cfg.reserve_kib, stats)
 
 
 def ideal_new_domain_kib(host: Host, cfg: EngineConfig, min_kib: int, max_kib: int) -> int:
@@ -206,7 +210,7 @@ def ideal_new_domain_kib(host: Host, cfg: EngineConfig, min_kib: int, max_kib: i
 
 
 def free_memory_range(
-    io: HostIO, cfg: EngineConfig, min_kib: int, max_kib: int
+    io: HostIO, cfg: EngineConfig, min_kib: int, max_kib: int, stats: OpStats | None = None
 ) -> tuple[int, OpStats]:
     """Free between min and max (plus the kept reserve); returns the amount
     the caller may use: max(min, min(usable, max))."""
@@ -217,7 +221,7 @@ def free_memory_range(
     ideal_kib = ideal_new_domain_kib(io.snapshot(), cfg, min_kib, max_kib)
     need_kib = min_kib + cfg.reserve_kib
     stats = change_host_free_memory(
-        io, cfg, ideal_kib + cfg.reserve_kib, lambda free: free >= need_kib, need_kib=need_kib
+        io, cfg, ideal_kib + cfg.reserve_kib, lambda free: free >= need_kib, need_kib, stats
     )
     usable_kib = io.snapshot().free_mem_kib - cfg.reserve_kib
     return max(min_kib, min(usable_kib, max_kib)), stats
@@ -227,10 +231,10 @@ def _is_balanced(cfg: EngineConfig) -> Callable[[int], bool]:
     return lambda free: free - cfg.reserve_kib < cfg.tolerance_kib
 
 
-def balance(io: HostIO, cfg: EngineConfig) -> OpStats | None:
+def balance(io: HostIO, cfg: EngineConfig, stats: OpStats | None = None) -> OpStats | None:
     """Hand out everything above the kept reserve; never raises on failure."""
     try:
-        return change_host_free_memory(io, cfg, cfg.reserve_kib, _is_balanced(cfg), need_kib=None)
+        return change_host_free_memory(io, cfg, cfg.reserve_kib, _is_balanced(cfg), None, stats)
     except CannotFreeThisMuchMemory as e:
         # Every domain is at dynamic_max already: the rest stays free.
         log.debug("balance: every domain is at its dynamic_max; %d KiB stay free", e.free_kib)

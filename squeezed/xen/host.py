@@ -39,6 +39,7 @@ DOMAIN_KEYS = (
     "memory/dynamic-max",
     "control/feature-balloon",
     "data/updated",
+    "name",  # for operators only (squeezectl top)
 )
 INTRODUCE_TOKEN = "squeezed:introduce"
 RELEASE_TOKEN = "squeezed:release"
@@ -486,12 +487,18 @@ class XenHost:
         free_kib, scrub_kib, total_kib = self._last_phys
         with self._lock:
             uncooperative = sorted(self._uncooperative)
+            names = {domid: c.keys["name"] for domid, c in self._cache.items()
+                     if c.keys.get("name")}
         return {
             "xen_free_kib": free_kib,
             "xen_scrub_kib": scrub_kib,
             "xen_total_kib": total_kib,
             "reservations_kib": self._last_reserved_kib,
             "uncooperative_domids": uncooperative,
+            "domain_names": names,
+            # error counts for metrics, if the clients keep them (fakes may not)
+            "xenstore_errors": dict(getattr(self.xs, "errors", {})),
+            "hypercall_errors": dict(getattr(self.xc, "errors", {})),
         }
 
     # -- start-up ----------------------------------------------------------------
