@@ -73,6 +73,8 @@ class Config:
     uncooperative_after_s: float = 20.0
     poll_min_s: float = 0.02
     poll_max_s: float = 1.0
+    metrics_textfile: str = ""  # "" = write no metrics file
+    metrics_textfile_interval_s: float = 15.0
 
     def get(self, key: str) -> Any:
         """The value of a configuration key by its file/flag name."""
@@ -364,6 +366,14 @@ _KEY_LIST = [
         "Shortest wait between polls while memory is moving.", True),
     Key("poll-max", "poll_max_s", _float_above_zero, _fmt_float, "a number of seconds > 0",
         "Longest wait between polls while nothing moves.", True),
+    Key("metrics-textfile", "metrics_textfile", _abs_path(True), str,
+        "an absolute path, or empty",
+        "Write metrics in the Prometheus text format (as squeezectl metrics prints them) to "
+        "this file, for node_exporter's textfile collector (e.g. "
+        "/var/lib/prometheus/node-exporter/squeezed.prom); empty writes none.", True),
+    Key("metrics-textfile-interval", "metrics_textfile_interval_s", _float_above_zero,
+        _fmt_float, "a number of seconds > 0",
+        "Seconds between rewrites of metrics-textfile (each an atomic rename).", True),
 ]
 # fmt: on
 

@@ -191,6 +191,28 @@ class Daemon:
             if self.service.balance_if_unbalanced():
                 log.info("periodic balancer rebalanced host memory")
 
+    def _metrics_textfile(self, stop: threading.Event) -> None:
+        """metrics-textfile: the state in Prometheus text, rewritten every
+        metrics-textfile-interval seconds (both reloadable; empty: idle)."""
+        from squeezed.ctl.metrics import exposition, write_textfile
+
+        assert self.service is not None
+        reported = ""
+        while True:
+            interval_s = self.cfg.metrics_textfile_interval_s
+            self.sup.heartbeats.register("metrics-textfile", max(60.0, 3 * interval_s))
+            path = self.cfg.metrics_textfile
+            if path:
+                try:
+                    write_textfile(path, exposition(self.service.get_state("metrics-textfile")))
+                    reported = ""
+                except OSError as e:  # e.g. its directory is missing: say so once, keep trying
+                    if str(e) != reported:
+                        log.warning("metrics-textfile: cannot write %s: %s", path, e)
+                        reported = str(e)
+            if stop.wait(interval_s):
+                return
+
     def _watcher(self, stop: threading.Event) -> None:
         from squeezed.xen.xenstore import Watcher
 
@@ -265,6 +287,7 @@ class Daemon:
         self._start_servers()
         self.sup.spawn("xenstore-watcher", self._watcher)
         self.sup.spawn("balancer", self._balancer)
+        self.sup.spawn("metrics-textfile", self._metrics_textfile)
         self.sup.spawn("boot-time-free-memory", self._measure_initial_free, once=True)
         systemd.ready()
         systemd.status("serving")
