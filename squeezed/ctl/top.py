@@ -247,7 +247,8 @@ def render(
     out = lines + rows + tail_head + tail
     if height is not None:
         out = out[:height]
-    return [line[:width] for line in out]
+    # Names and dbg strings come from guests and callers: no control characters.
+    return ["".join(c if c.isprintable() else "?" for c in line)[:width] for line in out]
 
 
 # -- the shells ------------------------------------------------------------
