@@ -21,6 +21,8 @@ MANDIR     ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 # systemd only reads units from fixed places, so this does not follow PREFIX.
 UNITDIR    ?= /lib/systemd/system
+# bash-completion's directory for completions loaded on demand.
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 # The interpreter the installed programs run with (their #! line).
 PYTHON     ?= /usr/bin/python3
 
@@ -63,9 +65,12 @@ test-xen: $(STAMP)
 	SQUEEZED_TEST_XEN=1 $(VENV) -m pytest -m xen tests/xen
 
 # Through a temporary file, so that a failure does not leave an empty docs/api.md.
+# squeezectl's bash completion is generated from its parser (so from the IDL) too.
 docs: $(STAMP)
 	$(VENV) -m squeezed.idl --markdown > docs/api.md.tmp
 	mv docs/api.md.tmp docs/api.md
+	$(VENV) -m squeezed.ctl.completion > squeezectl.bash-completion.tmp
+	mv squeezectl.bash-completion.tmp squeezectl.bash-completion
 
 # A wrapper: @MODULE@ is the module whose main() runs, @LIBREL@ the package directory
 # relative to the wrapper's own directory.
@@ -108,6 +113,8 @@ install:
 	    > "$(DESTDIR)$(UNITDIR)/squeezed.service"
 	chmod 0644 "$(DESTDIR)$(UNITDIR)/squeezed.service"
 	install -D -m 0644 docs/squeezed.8 "$(DESTDIR)$(MANDIR)/man8/squeezed.8"
+	install -D -m 0644 docs/squeezectl.1 "$(DESTDIR)$(MANDIR)/man1/squeezectl.1"
+	install -D -m 0644 squeezectl.bash-completion "$(DESTDIR)$(COMPLETIONDIR)/squeezectl"
 	@# Never overwrite an administrator's configuration.
 	@if [ -e "$(DESTDIR)$(SYSCONFDIR)/squeezed.conf" ]; then \
 	    echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/squeezed.conf"; \
@@ -120,6 +127,7 @@ install:
 uninstall:
 	rm -f "$(DESTDIR)$(SBINDIR)/squeezed" "$(DESTDIR)$(BINDIR)/squeezectl"
 	rm -f "$(DESTDIR)$(UNITDIR)/squeezed.service" "$(DESTDIR)$(MANDIR)/man8/squeezed.8"
+	rm -f "$(DESTDIR)$(MANDIR)/man1/squeezectl.1" "$(DESTDIR)$(COMPLETIONDIR)/squeezectl"
 	rm -rf "$(DESTDIR)$(PKGLIBDIR)/squeezed"
 	rmdir "$(DESTDIR)$(PKGLIBDIR)" 2>/dev/null || true
 	@# The configuration goes only if it is still the one shipped.

@@ -21,6 +21,8 @@ INSTALLED = [
     "lib/systemd/system/squeezed.service",
     "etc/squeezed.conf",
     "usr/share/man/man8/squeezed.8",
+    "usr/share/man/man1/squeezectl.1",
+    "usr/share/bash-completion/completions/squeezectl",
     "usr/lib/squeezed/squeezed/__init__.py",
     "usr/lib/squeezed/squeezed/config.py",
 ]
@@ -54,6 +56,10 @@ def test_install_and_uninstall(tmp_path: Path) -> None:
     assert (dest / "etc/squeezed.conf").read_text() == (ROOT / "squeezed.conf").read_text()
     assert (dest / "usr/share/man/man8/squeezed.8").read_text() == (
         ROOT / "docs/squeezed.8").read_text()
+    assert (dest / "usr/share/man/man1/squeezectl.1").read_text() == (
+        ROOT / "docs/squeezectl.1").read_text()
+    assert (dest / "usr/share/bash-completion/completions/squeezectl").read_text() == (
+        ROOT / "squeezectl.bash-completion").read_text()
 
     # The wrapper puts the installed copy, found relative to itself, first on sys.path.
     probe = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='probe'); "
@@ -91,6 +97,8 @@ def test_prefix_and_unitdir(tmp_path: Path) -> None:
     _make("install", f"DESTDIR={dest}", f"PYTHON={sys.executable}", "UNITDIR=/etc/systemd/system")
     assert (dest / "usr/local/sbin/squeezed").is_file()
     assert (dest / "usr/local/share/man/man8/squeezed.8").is_file()
+    assert (dest / "usr/local/share/man/man1/squeezectl.1").is_file()
+    assert (dest / "usr/local/share/bash-completion/completions/squeezectl").is_file()
     unit = (dest / "etc/systemd/system/squeezed.service").read_text()
     assert "ExecStart=/usr/local/sbin/squeezed " in unit
     _make("uninstall", f"DESTDIR={dest}", "UNITDIR=/etc/systemd/system")
@@ -98,14 +106,16 @@ def test_prefix_and_unitdir(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
-def test_man_page_renders_without_warnings() -> None:
-    r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(ROOT / "docs/squeezed.8")],
+@pytest.mark.parametrize(("page", "expected"), [("docs/squeezed.8", "balance-check-interval"),
+                                                ("docs/squeezectl.1", "squeezectl top")])
+def test_man_page_renders_without_warnings(page: str, expected: str) -> None:
+    r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(ROOT / page)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     if shutil.which("man"):
-        r = subprocess.run(["man", "--warnings", "-l", str(ROOT / "docs/squeezed.8")],
+        r = subprocess.run(["man", "--warnings", "-l", str(ROOT / page)],
                            capture_output=True, text=True, timeout=60,
                            env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat",
                                 "PAGER": "cat"})
         assert r.returncode == 0 and r.stderr == "", r.stderr
-        assert "balance-check-interval" in r.stdout
+        assert expected in r.stdout
