@@ -298,7 +298,7 @@ class Daemon:
             ctl_cmd = str(ctl) if ctl.exists() else "squeezectl"
             sock = self._path("socket", "memory")
             print(f"squeezed: simulated Xen host in {self.run_dir}; XML-RPC on {sock}\n"
-                  f"  try: {ctl_cmd} --socket {sock} diagnostics   (state, reserve-range ...)",
+                  f"  try: {ctl_cmd} --socket {sock} top   (diagnostics, state, reserve-range ...)",
                   file=sys.stderr, flush=True)
         interval = systemd.watchdog_interval_s()
         if interval:

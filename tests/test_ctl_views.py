@@ -252,6 +252,13 @@ def test_recorder_writes_each_finished_operation_once() -> None:
     assert [o.get("op") for o in lines2] == [None, "reserve_memory"]
     assert lines2[1]["t_s"] == 5.0 and lines2[1]["elapsed_s"] == 4.0
     assert [o.get("op") for o in rec.lines(s2, 1006.0)] == [None]
+    # the end of a recording also writes what is still running, as it stands
+    s3 = state()
+    s3["history"].append({**s3["history"][2], "started_s": 1005.5, "elapsed_s": 1.0})
+    last = record.Recorder(started_s=995.0)
+    assert [(o.get("op"), o.get("outcome")) for o in last.lines(s3, 1007.0, final=True)] == [
+        (None, None), ("reserve_memory_range", "Domains_refused_to_cooperate"),
+        ("reserve_memory", "running"), ("reserve_memory", "running")]
 
 
 class ListCaller:

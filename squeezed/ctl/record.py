@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,11 +61,15 @@ class Recorder:
         self.started_s = started_s
         self._written: set[tuple[float, str, str]] = set()
 
-    def lines(self, state: dict[str, Any], now_s: float) -> list[dict[str, Any]]:
+    def lines(
+        self, state: dict[str, Any], now_s: float, *, final: bool = False
+    ) -> list[dict[str, Any]]:
+        """A sample and the operations that ended since the last call (with
+        `final`, those still running too, as they stand)."""
         out = [sample_of(state, now_s - self.started_s)]
         for rec in state.get("history") or []:
             key = (rec["started_s"], rec["op"], rec["dbg"])
-            if rec["outcome"] == "running" or key in self._written:
+            if (rec["outcome"] == "running" and not final) or key in self._written:
                 continue
             self._written.add(key)
             if rec["started_s"] + rec["elapsed_s"] < self.started_s:
@@ -152,6 +158,10 @@ def run(
     started = clock()
     recorder = Recorder(started)
     n = 0
+    stopping = [False]
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends a recording as Ctrl-C does (a background job ignores SIGINT)
+        signal.signal(signal.SIGTERM, lambda *_: stopping.__setitem__(0, True))
     try:
         with open(args.file, "w") as f:
             header = {"format": FORMAT, "version": VERSION, "started_s": started,
@@ -160,14 +170,16 @@ def run(
             state: dict[str, Any] | None = first
             next_s = started
             while True:
+                last = stopping[0] or (args.duration is not None
+                                       and next_s + args.interval - started > args.duration)
                 if state is not None:
-                    for obj in recorder.lines(state, clock()):
+                    for obj in recorder.lines(state, clock(), final=last):
                         f.write(json.dumps(obj) + "\n")
                     f.flush()
                     n += 1
-                next_s += args.interval
-                if args.duration is not None and next_s - started > args.duration:
+                if last:
                     break
+                next_s += args.interval
                 sleep(max(0.0, next_s - clock()))
                 try:
                     state = source.state()

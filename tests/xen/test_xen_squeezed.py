@@ -41,6 +41,7 @@ Xen (QEMU)" section. Opt-in like the rest of the tier: SQUEEZED_TEST_XEN=1.
 from __future__ import annotations
 
 import base64
+import gzip
 import itertools
 import json
 import os
@@ -60,6 +61,7 @@ MiB = 1024  # KiB
 RUN = "/run/sqz"  # dom0 tmpfs; the same path inside the /host chroot (rbind)
 SOCK = f"{RUN}/memory"
 SPOOL = f"{RUN}/agent"
+RECORDING = f"{RUN}/record.jsonl"
 SESSION = "xenopsd"
 STUCK_AFTER_S = 5
 UNCOOPERATIVE_AFTER_S = 3
@@ -303,6 +305,7 @@ class Scenario:
         self.report = report
         self.agent: Agent | None = None
         self.daemon_pid: int | None = None
+        self.recorder_pid: int | None = None
         self.daemon_logs: list[str] = []
         self.domids: dict[str, int] = {}
         self.passed: set[int] = set()
@@ -451,6 +454,11 @@ class Scenario:
         self.daemon_pid = self.vm.spawn(self.py(DAEMON_ARGS), log=log)
         self.daemon_logs.append(log)
         self.wait_daemon_ready(log, timeout_s=180)
+        if os.environ.get("SQUEEZED_XEN_RECORD") and self.recorder_pid is None:
+            # `squeezectl record` in dom0 for the rest of the scenario (docs/ plot)
+            self.recorder_pid = self.vm.spawn(self.py(
+                ["-m", "squeezed.cli", "--socket", SOCK, "record", RECORDING, "--interval", "1"]),
+                log=f"{RUN}/record.log")
         return time.monotonic() - t0
 
     def wait_daemon_ready(self, log: str, timeout_s: float) -> None:
@@ -521,9 +529,28 @@ def sq(xen_vm: XenVM, project_dir: Path, xen_report, request: pytest.FixtureRequ
             _keep_daemon_logs(s)
 
 
+def _keep_recording(s: Scenario) -> None:
+    """SQUEEZED_XEN_RECORD=FILE: stop the dom0 recorder and copy its file to
+    FILE on the host (through the console, as base64 of gzip)."""
+    dest = os.environ.get("SQUEEZED_XEN_RECORD")
+    if not dest or s.recorder_pid is None:
+        return
+    s.vm.run(f"kill -TERM -- -{s.recorder_pid}")  # its own session (spawn)
+    time.sleep(2)
+    rc, out = s.vm.run(f"chroot /host sh -c 'gzip -c {RECORDING} | base64 -w0'; echo",
+                       timeout_s=300)
+    try:
+        body = max(re.findall(r"[A-Za-z0-9+/=]{40,}", out), key=len)
+        Path(dest).write_bytes(gzip.decompress(base64.b64decode(body)))
+        s.report(f"squeezectl record in dom0 kept: {dest}")
+    except (ValueError, OSError, EOFError) as e:
+        s.report(f"squeezectl record in dom0 could not be copied ({e}):\n{out[-500:]}")
+
+
 def _teardown(s: Scenario) -> None:
     vm = s.vm
     try:
+        _keep_recording(s)
         if s.daemon_alive():
             t0 = time.monotonic()
             vm.run(f"kill -TERM {s.daemon_pid}")
