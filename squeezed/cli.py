@@ -118,7 +118,7 @@ def _add_views(sub: Any) -> None:
         ("metrics", metrics, "print the state in the Prometheus text format [view]"),
         ("record", record, "sample the state into FILE for squeezed-sim plot [view]"),
     ):
-        sp = sub.add_parser(name, help=help_, description=module.__doc__.split("\n\n")[0])
+        sp = sub.add_parser(name, help=help_, description=(module.__doc__ or "").split("\n\n")[0])
         module.add_arguments(sp)
         sp.set_defaults(view=module.run)
 

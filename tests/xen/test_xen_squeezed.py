@@ -499,7 +499,9 @@ class Scenario:
                 for r in st["reservations"]
             ],
             "domains": {
-                int(d["domid"]): {k: (v if isinstance(v, bool) else int(v)) for k, v in d.items()}
+                # numbers come as decimal strings; name and flags are not numbers
+                int(d["domid"]): {k: int(v) if k == "domid" or k.endswith("_kib") else v
+                                  for k, v in d.items()}
                 for d in st["domains"]
             },
         }
