@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -270,8 +271,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _plain_width(args: argparse.Namespace) -> int:
     if args.width:
         return int(args.width)
-    import os
-
     try:
         return int(os.environ.get("COLUMNS", ""))
     except ValueError:
@@ -283,6 +282,18 @@ def run(args: argparse.Namespace, caller: Caller, where: str, out: TextIO, err: 
     tracker = Tracker()
     if not args.once and out.isatty() and sys.stdin.isatty():
         return _curses(source, tracker, args, where)
+    try:
+        return _plain(source, tracker, args, where, out, err)
+    except BrokenPipeError:  # `squeezectl top | head`: the reader has gone
+        with contextlib.suppress(OSError, ValueError):  # no second error at exit's flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 0
+
+
+def _plain(source: StateSource, tracker: Tracker, args: argparse.Namespace, where: str,
+           out: TextIO, err: TextIO) -> int:
     n = 0
     while True:
         try:
