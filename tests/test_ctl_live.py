@@ -263,3 +263,39 @@ def test_top_in_a_real_terminal(short_tmp, sim) -> None:
     finally:
         tmux.kill()
         daemon.stop()
+
+
+class _StateService:
+    def get_state(self, dbg: str) -> dict:
+        return {"host": {"free_kib": 7, "reserved_kib": 1}, "reservations": [], "domains": []}
+
+
+def test_daemon_textfile_thread_writes_and_reports_failures_once(tmp_path, caplog) -> None:
+    import dataclasses
+    import logging
+
+    from squeezed.config import DEFAULTS
+    from squeezed.daemon import Daemon
+
+    prom = tmp_path / "squeezed.prom"
+    d = Daemon(dataclasses.replace(DEFAULTS, metrics_textfile=str(prom)), None, None)
+    d.service = _StateService()  # type: ignore[assignment]
+    stop = threading.Event()
+    stop.set()  # one round, then the wait says stop
+    d._metrics_textfile(stop)
+    assert parse(prom.read_text())[1][("squeezed_host_free_kib", L())] == 7
+    assert "metrics-textfile" in d.sup.heartbeats.status()
+
+    class ThreeRounds(threading.Event):
+        rounds = 0
+
+        def wait(self, timeout=None) -> bool:
+            self.rounds += 1
+            return self.rounds >= 3
+
+    d.cfg = dataclasses.replace(d.cfg, metrics_textfile=str(tmp_path / "absent" / "x.prom"))
+    rounds = ThreeRounds()
+    with caplog.at_level(logging.WARNING, logger="squeezed"):
+        d._metrics_textfile(rounds)  # the thread carries on; the same failure is said once
+    warnings = [r.getMessage() for r in caplog.records if "metrics-textfile" in r.getMessage()]
+    assert rounds.rounds == 3 and len(warnings) == 1 and "cannot write" in warnings[0]
