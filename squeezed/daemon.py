@@ -207,9 +207,11 @@ class Daemon:
                     write_textfile(path, exposition(self.service.get_state("metrics-textfile")))
                     reported = ""
                 except OSError as e:  # e.g. its directory is missing: say so once, keep trying
-                    if str(e) != reported:
-                        log.warning("metrics-textfile: cannot write %s: %s", path, e)
-                        reported = str(e)
+                    # (not str(e): it names the temporary file, new each time)
+                    problem = f"{path}: {e.strerror or e}"
+                    if problem != reported:
+                        log.warning("metrics-textfile: cannot write %s", problem)
+                        reported = problem
             if stop.wait(interval_s):
                 return
 
