@@ -30,13 +30,14 @@ from squeezed.xen.xenstore import XenstoreClient, XenstoreError
 CTL = [sys.executable, "-m", "squeezed.cli"]
 
 
-def wait_for(pred, timeout_s: float = 20.0, what: str = "") -> None:
+def wait_for(pred, timeout_s: float = 20.0, what: str = "", on_timeout=None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pred():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or pred}")
+    detail = f":\n{on_timeout()}" if on_timeout is not None else ""
+    raise AssertionError(f"timed out waiting for {what or pred}{detail}")
 
 
 def test_counters_after_real_operations(short_tmp, monkeypatch) -> None:
@@ -196,6 +197,8 @@ class Tmux:
         self.run("new-session", "-d", "-s", "top", "-x", str(self.width), "-y",
                  str(self.height), f"env {exports} {cmd}")
         self.run("set-option", "-t", "top", "remain-on-exit", "on")
+        # a detached session may keep tmux's default size whatever -x/-y said
+        self.run("resize-window", "-t", "top", "-x", str(self.width), "-y", str(self.height))
 
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", "top")
@@ -233,6 +236,7 @@ def test_top_in_a_real_terminal(short_tmp, sim) -> None:
         env = {"TERM": "xterm-256color", "PYTHONPATH": os.pathsep.join(sys.path)}
         tmux.start([*CTL, "--socket", daemon.socket, "top"], env)
         wait_for(lambda: "DOMID" in tmux.screen(), what="the first frame")
+        assert tmux.pane("#{pane_width}x#{pane_height}") == f"{tmux.width}x{tmux.height}"
         screen = tmux.screen()
         assert "sort: actual" in screen and "operation: none" in screen
         assert "[" in screen.splitlines()[2]  # the host bar
@@ -257,6 +261,11 @@ def test_top_in_a_real_terminal(short_tmp, sim) -> None:
         caller.join(30)
         wait_for(lambda: "reserve_memory -> success" in tmux.screen(), what="the outcome")
 
+        # the daemon goes away: top says so and keeps trying, still answering keys
+        daemon.stop()
+        wait_for(lambda: "Is squeezed running? (retrying)" in tmux.screen(),
+                 what="the outage", on_timeout=tmux.screen)
+        assert tmux.pane("#{pane_dead}") == "0"
         tmux.keys("q")
         wait_for(lambda: tmux.pane("#{pane_dead}") == "1", timeout_s=10, what="q to quit")
         assert tmux.pane("#{pane_dead_status}") == "0"

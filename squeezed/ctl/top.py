@@ -348,6 +348,10 @@ def _curses(source: StateSource, tracker: Tracker, args: argparse.Namespace, whe
             elif key == curses.KEY_RESIZE:
                 _draw(scr, state, problem, sort, tracker, time.time(), where)
 
+    # The size from the terminal itself (its ioctl), which follows resizes: ncurses
+    # would prefer $COLUMNS/$LINES, which may have been exported at another size.
+    for var in ("COLUMNS", "LINES"):
+        os.environ.pop(var, None)
     try:
         return int(curses.wrapper(loop))
     except KeyboardInterrupt:
