@@ -28,7 +28,6 @@ from squeezed.config import ConfigError, apply_reloadable, format_config, help_t
 from squeezed.engine.operations import OperationAbandoned
 from squeezed.logsetup import set_level, setup_logging
 from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
-from squeezed.sim.scenario import ScenarioError
 from squeezed.supervisor import Supervisor
 
 log = logging.getLogger("squeezed")
@@ -36,6 +35,10 @@ log = logging.getLogger("squeezed")
 
 class StartupError(Exception):
     """A fatal start-up problem, reported in one line; exit status 1."""
+
+
+class BadScenario(Exception):
+    """The --simulate scenario file is wrong; exit status 2, like a bad option."""
 
 
 class StopDuringStartup(BaseException):
@@ -266,6 +269,17 @@ class Daemon:
         self.cfg = replace(self.cfg, **changes)
 
     def run(self) -> int:
+        if self.opts.simulate is None:
+            return self._run()
+        # The simulator is imported only here: a production start never loads it.
+        from squeezed.sim.scenario import ScenarioError
+
+        try:
+            return self._run()
+        except ScenarioError as e:
+            raise BadScenario(str(e)) from None
+
+    def _run(self) -> int:
         if self.opts.simulate is not None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="squeezed-sim-", dir="/tmp"))
             self.owns_run_dir = True
@@ -443,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, daemon.request_reload)
         with pidfile_lock(pidfile):
             return daemon.run()
-    except ScenarioError as e:
+    except BadScenario as e:
         daemon.shutdown()
         print(f"squeezed: {e}", file=sys.stderr)
         return 2

@@ -72,16 +72,13 @@ def convert_param(ptype: str, v: Any) -> Any:
     raise TypeMismatch(f"has unsupported type {ptype}")
 
 
-def marshal(iface: idl.Interface, t: idl.TypeExpr, v: Any) -> Any:
-    """Python result -> wire value, following rpclib's Rpcmarshal rules:
-    tuple -> array, option -> the value or nothing, variant -> "Name" or
-    ["Name", contents], unit -> nil."""
-    r = iface.resolve(t)
-    if isinstance(r, str):
-        if r == "unit":
-            if v is not None:
-                raise TypeMismatch(f"expected nothing, got {_short(v)}")
-            return None
+class _Direction:
+    """What differs between the two directions of the one type walk
+    (`_walk`): the leaves, and how forgiving structs and variants are."""
+
+    outgoing = True  # Python -> wire
+
+    def leaf(self, r: str, v: Any) -> Any:
         if r == "string":
             if not isinstance(v, str):
                 raise TypeMismatch(f"expected a string, got {_short(v)}")
@@ -98,91 +95,109 @@ def marshal(iface: idl.Interface, t: idl.TypeExpr, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise TypeMismatch(f"expected a float, got {_short(v)}")
         return float(v)
-    if "tuple" in r:
-        ts = r["tuple"]
-        if not isinstance(v, tuple | list) or len(v) != len(ts):
-            raise TypeMismatch(f"expected a {len(ts)}-tuple, got {_short(v)}")
-        return [marshal(iface, ti, vi) for ti, vi in zip(ts, v, strict=True)]
-    if "list" in r:
-        if not isinstance(v, tuple | list):
-            raise TypeMismatch(f"expected a list, got {_short(v)}")
-        return [marshal(iface, r["list"], x) for x in v]
-    if "option" in r:
-        return None if v is None else marshal(iface, r["option"], v)
-    if "struct" in r:
-        if not isinstance(v, dict):
-            raise TypeMismatch(f"expected a struct, got {_short(v)}")
-        fields = r["struct"]
-        extra = set(v) - {f["name"] for f in fields}
-        if extra:
-            raise TypeMismatch(f"unexpected struct fields {sorted(extra)}")
-        out: dict[str, Any] = {}
-        for f in fields:
-            ft = iface.resolve(f["type"])
-            optional = isinstance(ft, dict) and "option" in ft
-            if f["name"] not in v or (optional and v[f["name"]] is None):
-                if optional:
-                    continue  # rpclib omits an absent option field
-                raise TypeMismatch(f"missing struct field {f['name']!r}")
-            out[f["name"]] = marshal(iface, f["type"], v[f["name"]])
-        return out
-    # variant: the service returns "Name" or ("Name", contents)
-    if isinstance(v, str):
-        name, contents = v, None
-    elif isinstance(v, tuple | list) and len(v) == 2 and isinstance(v[0], str):
-        name, contents = v
-    else:
-        raise TypeMismatch(f"expected a variant, got {_short(v)}")
-    for c in r["variant"]:
-        if c["name"] == name:
-            if c["contents"] is None:
-                if contents is not None:
-                    raise TypeMismatch(f"{name} takes no contents")
-                return name
-            return [name, marshal(iface, c["contents"], contents)]
-    raise TypeMismatch(f"expected one of {[c['name'] for c in r['variant']]}, got {_short(v)}")
+
+    def is_sequence(self, v: Any) -> bool:
+        return isinstance(v, tuple | list)
+
+    def tag_matches(self, tag: str, name: str) -> bool:
+        return tag == name
 
 
-def unmarshal(iface: idl.Interface, t: idl.TypeExpr, v: Any) -> Any:
-    """Wire value -> Python value of IDL type t, as rpclib's client does
-    (untyped XML-RPC "1024" becomes 1024 where t says int64). Tuples and
-    variants with contents come back as lists. Raises TypeMismatch."""
+class _Incoming(_Direction):
+    """Wire -> Python, as rpclib's unmarshaller: untyped XML-RPC strings become
+    integers where the type says so, tags match case-insensitively, unknown
+    struct fields pass through (a newer server may add some)."""
+
+    outgoing = False
+
+    def leaf(self, r: str, v: Any) -> Any:
+        return convert_param(r, v)
+
+    def is_sequence(self, v: Any) -> bool:
+        return isinstance(v, list)
+
+    def tag_matches(self, tag: str, name: str) -> bool:
+        return tag.lower() == name.lower()
+
+
+_OUT, _IN = _Direction(), _Incoming()
+
+
+def _walk(iface: idl.Interface, t: idl.TypeExpr, v: Any, d: _Direction) -> Any:
     r = iface.resolve(t)
     if isinstance(r, str):
         if r == "unit":
             if v is not None:
                 raise TypeMismatch(f"expected nothing, got {_short(v)}")
             return None
-        return convert_param(r, v)
+        return d.leaf(r, v)
     if "tuple" in r:
         ts = r["tuple"]
-        if not isinstance(v, list) or len(v) != len(ts):
+        if not d.is_sequence(v) or len(v) != len(ts):
             raise TypeMismatch(f"expected a {len(ts)}-tuple, got {_short(v)}")
-        return [unmarshal(iface, ti, vi) for ti, vi in zip(ts, v, strict=True)]
+        return [_walk(iface, ti, vi, d) for ti, vi in zip(ts, v, strict=True)]
     if "list" in r:
-        if not isinstance(v, list):
+        if not d.is_sequence(v):
             raise TypeMismatch(f"expected a list, got {_short(v)}")
-        return [unmarshal(iface, r["list"], x) for x in v]
+        return [_walk(iface, r["list"], x, d) for x in v]
     if "option" in r:
-        return None if v is None else unmarshal(iface, r["option"], v)
+        return None if v is None else _walk(iface, r["option"], v, d)
     if "struct" in r:
-        if not isinstance(v, dict):
-            raise TypeMismatch(f"expected a struct, got {_short(v)}")
-        known = {f["name"]: f["type"] for f in r["struct"]}
-        # unknown fields pass through untouched: a newer server may add some
-        return {k: unmarshal(iface, known[k], x) if k in known else x for k, x in v.items()}
+        return _walk_struct(iface, r["struct"], v, d)
+    # variant: "Name", or ("Name", contents) / ["Name", contents]
     if isinstance(v, str):
         name, contents = v, None
-    elif isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
+    elif d.is_sequence(v) and len(v) == 2 and isinstance(v[0], str):
         name, contents = v
     else:
         raise TypeMismatch(f"expected a variant, got {_short(v)}")
     for c in r["variant"]:
-        if c["name"].lower() == name.lower():  # rpclib matches tags case-insensitively
+        if d.tag_matches(c["name"], name):
             if c["contents"] is None:
+                if d.outgoing and contents is not None:
+                    raise TypeMismatch(f"{name} takes no contents")
                 return c["name"]
-            return [c["name"], unmarshal(iface, c["contents"], contents)]
+            return [c["name"], _walk(iface, c["contents"], contents, d)]
+    if d.outgoing:
+        raise TypeMismatch(
+            f"expected one of {[c['name'] for c in r['variant']]}, got {_short(v)}")
     raise TypeMismatch(f"unknown variant {name!r}")
+
+
+def _walk_struct(iface: idl.Interface, fields: list[dict[str, Any]], v: Any,
+                 d: _Direction) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise TypeMismatch(f"expected a struct, got {_short(v)}")
+    known = {f["name"]: f["type"] for f in fields}
+    if not d.outgoing:
+        return {k: _walk(iface, known[k], x, d) if k in known else x for k, x in v.items()}
+    extra = set(v) - set(known)
+    if extra:
+        raise TypeMismatch(f"unexpected struct fields {sorted(extra)}")
+    out: dict[str, Any] = {}
+    for name, ftype in known.items():
+        ft = iface.resolve(ftype)
+        optional = isinstance(ft, dict) and "option" in ft
+        if name not in v or (optional and v[name] is None):
+            if optional:
+                continue  # rpclib omits an absent option field
+            raise TypeMismatch(f"missing struct field {name!r}")
+        out[name] = _walk(iface, ftype, v[name], d)
+    return out
+
+
+def marshal(iface: idl.Interface, t: idl.TypeExpr, v: Any) -> Any:
+    """Python result -> wire value, following rpclib's Rpcmarshal rules:
+    tuple -> array, option -> the value or nothing, variant -> "Name" or
+    ["Name", contents], unit -> nil."""
+    return _walk(iface, t, v, _OUT)
+
+
+def unmarshal(iface: idl.Interface, t: idl.TypeExpr, v: Any) -> Any:
+    """Wire value -> Python value of IDL type t, as rpclib's client does
+    (untyped XML-RPC "1024" becomes 1024 where t says int64). Tuples and
+    variants with contents come back as lists. Raises TypeMismatch."""
+    return _walk(iface, t, v, _IN)
 
 
 class Dispatcher:
