@@ -113,6 +113,15 @@ def test_frame_shows_operation_flags_and_history() -> None:
     assert len(hist) == 2
 
 
+def test_callers_waiting_behind_the_operation_are_counted() -> None:
+    s = state()
+    s["history"].append({**s["history"][2], "dbg": "xenopsd/VM.start/43", "started_s": 1001.0})
+    op_line = next(line for line in top.render(s, width=160, now_s=1003.25)
+                   if line.startswith("operation:"))
+    assert op_line.endswith("kib=262144  (+1 waiting)")
+    assert "waiting" not in "\n".join(top.render(state(), width=160, now_s=1003.25))
+
+
 def test_frame_without_an_operation_or_xen_figures() -> None:
     s = state(operation=None, history=[])
     s["host"] = {"free_kib": 2 * GIB, "reserved_kib": 0}

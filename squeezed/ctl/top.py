@@ -207,7 +207,10 @@ def render(
                          in zip(HOST_LEGEND, parts, strict=False)),
     ]
     op = state.get("operation")
-    head.append("operation: " + (_operation_line(op) if op else "none"))
+    # callers queued behind the operation in progress (one squeeze at a time)
+    waiting = sum(1 for r in state.get("history") or [] if r["outcome"] == "running") - bool(op)
+    head.append("operation: " + (_operation_line(op) if op else "none")
+                + (f"  (+{waiting} waiting)" if waiting > 0 else ""))
     head.append(f"sort: {sort}  (a actual, d distance to target, i domid; q quits)")
     head.append("")
 
