@@ -122,6 +122,14 @@ def test_callers_waiting_behind_the_operation_are_counted() -> None:
     assert "waiting" not in "\n".join(top.render(state(), width=160, now_s=1003.25))
 
 
+def test_screen_kinds_of_lines() -> None:
+    kinds = {line.split()[0]: kind for line, kind in top.frame(state(), now_s=1003.25)
+             if line[:5].strip().isdigit()}
+    assert kinds == {"1": "moving", "2": "alarm", "3": ""}  # v; uncooperative; at target
+    heads = [line.split()[0] for line, kind in top.frame(state(), now_s=0) if kind == "head"]
+    assert heads == ["squeezed", "operation:", "sort:", "DOMID", "last"]
+
+
 def test_frame_without_an_operation_or_xen_figures() -> None:
     s = state(operation=None, history=[])
     s["host"] = {"free_kib": 2 * GIB, "reserved_kib": 0}

@@ -26,6 +26,7 @@ from squeezed.engine.model import DEFAULT_INACCURACY_KIB
 SORTS = {"a": "actual", "d": "distance", "i": "domid"}  # key -> sort name
 DEFAULT_WIDTH = 100
 STUCK_AFTER_S = 5.0  # the daemon's default stuck-after: no progress this long
+ALARM_FLAGS = ("uncooperative", "stuck", "bad-keys")  # drawn in red
 HOST_LEGEND = (("D", "domains"), ("R", "reservations"), ("f", "free"), ("s", "scrub"),
                ("k", "kept"), (".", "other"))
 
@@ -180,7 +181,13 @@ def _operation_line(op: dict[str, Any]) -> str:
     return f"{op['op']} {op['outcome']} {op['elapsed_s']:.1f} s  dbg={op['dbg']!r}  {op['args']}"
 
 
-def render(
+def render(state: dict[str, Any], **kw: Any) -> list[str]:
+    """One frame as lines of plain text, at most `width` columns (and
+    `height` lines: the domain rows and the history are cut to fit)."""
+    return [text for text, _ in frame(state, **kw)]
+
+
+def frame(
     state: dict[str, Any],
     *,
     width: int = DEFAULT_WIDTH,
@@ -189,9 +196,10 @@ def render(
     tracker: Tracker | None = None,
     now_s: float | None = None,
     source: str = "",
-) -> list[str]:
-    """One frame as lines of plain text, at most `width` columns (and
-    `height` lines: the domain rows and the history are cut to fit)."""
+) -> list[tuple[str, str]]:
+    """The frame's lines, each with its kind for the screen: "head",
+    "alarm" (a domain in trouble), "moving" (a domain away from its
+    target) or "" (the rest)."""
     now = time.time() if now_s is None else now_s
     width = max(40, width)
     h = state["host"]
@@ -224,16 +232,19 @@ def render(
                            d["memory_actual_kib"]) for d in domains])
     title = f"MEMORY 0..{fmt_kib(scale)}"
     lines = head + [(cols + " " + title[:bar_w]).rstrip()]
-    rows = []
+    rows: list[tuple[str, str]] = []
     for d in domains:
         move = direction(d, tracker.rate_kib_s(d["domid"]) if tracker else None)
-        fl = ",".join(flags(d, tracker, now)) or "-"
+        fls = flags(d, tracker, now)
+        fl = ",".join(fls) or "-"
+        kind = "alarm" if set(fls) & set(ALARM_FLAGS) else "" if move == "=" else "moving"
         name = (d.get("name") or "-")[:name_w]
         row = (f"{d['domid']:>5} {name:<{name_w}} {fmt_kib(d['dynamic_min_kib']):>6} "
                f"{fmt_kib(d['target_kib']):>6} {fmt_kib(d['memory_actual_kib']):>6} "
                f"{fmt_kib(d['dynamic_max_kib']):>6} {fmt_kib(d['memory_max_kib']):>6} "
                f"{move:<10} {fl:<14}")
-        rows.append((row + " " + domain_bar(d, scale, max(0, width - len(row) - 1))).rstrip())
+        rows.append(((row + " " + domain_bar(d, scale, max(0, width - len(row) - 1))).rstrip(),
+                     kind))
     history = list(reversed(state.get("history") or []))
     history = [r for r in history if r["outcome"] != "running"]
     tail_head = ["", "last operations:"]
@@ -244,15 +255,19 @@ def render(
         keep_ops = min(len(tail), max(1, min(5, room - len(rows))))
         room_rows = max(0, room - keep_ops)
         if len(rows) > room_rows:
-            rows = rows[: max(0, room_rows - 1)] + [f"  ... {len(domains) - room_rows + 1} more"]
+            rows = rows[: max(0, room_rows - 1)] + [
+                (f"  ... {len(domains) - room_rows + 1} more", "")]
         tail = tail[:keep_ops]
     else:
         tail = tail[:5]
-    out = lines + rows + tail_head + tail
+    heads = {0, len(head) - 3, len(head) - 2, len(lines) - 1}  # title, operation, sort, columns
+    out = ([(line, "head" if i in heads else "") for i, line in enumerate(lines)] + rows
+           + [(line, "head" if line else "") for line in tail_head] + [(t, "") for t in tail])
     if height is not None:
         out = out[:height]
     # Names and dbg strings come from guests and callers: no control characters.
-    return ["".join(c if c.isprintable() else "?" for c in line)[:width] for line in out]
+    return [("".join(c if c.isprintable() else "?" for c in line)[:width], kind)
+            for line, kind in out]
 
 
 # -- the shells ------------------------------------------------------------
@@ -325,6 +340,11 @@ def _curses(source: StateSource, tracker: Tracker, args: argparse.Namespace, whe
     def loop(scr: Any) -> int:
         with contextlib.suppress(curses.error):
             curses.curs_set(0)
+        if curses.has_colors():
+            with contextlib.suppress(curses.error):
+                curses.use_default_colors()
+                curses.init_pair(1, curses.COLOR_RED, -1)
+                curses.init_pair(2, curses.COLOR_YELLOW, -1)
         scr.timeout(100)  # getch waits at most 0.1 s, so keys are answered at once
         sort = args.sort
         state: dict[str, Any] | None = None
@@ -367,14 +387,17 @@ def _draw(scr: Any, state: dict[str, Any] | None, problem: str, sort: str, track
 
     height, width = scr.getmaxyx()
     scr.erase()
-    lines: list[str] = []
+    lines: list[tuple[str, str]] = []
     if problem:
-        lines.append(problem)
+        lines.append((problem, "alarm"))
     if state is not None:
-        lines += render(state, width=width - 1, height=height - len(lines), sort=sort,
-                        tracker=tracker, now_s=now, source=where)
-    for i, line in enumerate(lines[:height]):
-        bold = i == 0 or line.startswith(("DOMID", "operation:", "last operations"))
+        lines += frame(state, width=width - 1, height=height - len(lines), sort=sort,
+                       tracker=tracker, now_s=now, source=where)
+    colour = curses.has_colors()
+    attrs = {"head": curses.A_BOLD,
+             "alarm": (curses.color_pair(1) if colour else 0) | curses.A_BOLD,
+             "moving": curses.color_pair(2) if colour else curses.A_NORMAL}
+    for i, (line, kind) in enumerate(lines[:height]):
         with contextlib.suppress(curses.error):  # the bottom-right cell cannot be written
-            scr.addnstr(i, 0, line, width - 1, curses.A_BOLD if bold else curses.A_NORMAL)
+            scr.addnstr(i, 0, line, width - 1, attrs.get(kind, curses.A_NORMAL))
     scr.refresh()
