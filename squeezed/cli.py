@@ -228,8 +228,9 @@ def main(
     key = "xmlrpc" if args.protocol == "xmlrpc" else "jsonrpc"
     path = args.socket or os.environ.get("SQUEEZED_SOCKET") or iface.sockets[key]
     client = MemoryClient(path, args.protocol, timeout=args.timeout, user_agent="squeezectl")
-    if getattr(args, "view", None) is not None:
-        return int(args.view(args, client, path, out, err))
+    if getattr(args, "view", None) is not None:  # top, metrics, record: any transport
+        with client:
+            return int(args.view(args, client, path, out, err))
     m = iface.method(args.method)
     try:
         wire = client.call(m.name, *_params(m, args))
