@@ -391,6 +391,8 @@ class MemoryService:
         # Every "<flag>_domids" list the backend describes is a per-domain flag.
         flagged = {k[: -len("_domids")].replace("_", "-"): set(v) for k, v in facts.items()
                    if k.endswith("_domids") and isinstance(v, list | tuple | set)}
+        # Domains the backend leaves alone for unusable xenstore values (domid -> why).
+        flagged["bad-keys"] = set(facts.get("invalid_domains") or ())
         names = facts.get("domain_names") or {}
         return {
             "host": {"free_kib": host.free_mem_kib, "reserved_kib": self.cfg.reserve_kib},

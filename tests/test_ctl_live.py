@@ -312,3 +312,29 @@ def test_daemon_textfile_thread_writes_and_reports_failures_once(tmp_path, caplo
         d._metrics_textfile(rounds)  # the thread carries on; the same failure is said once
     warnings = [r.getMessage() for r in caplog.records if "metrics-textfile" in r.getMessage()]
     assert rounds.rounds == 3 and len(warnings) == 1 and "cannot write" in warnings[0]
+
+
+def test_backend_facts_become_domain_flags() -> None:
+    """Flags in get_state come from what the backend describes: every
+    "<flag>_domids" list, and "invalid_domains" (bad xenstore values) as bad-keys."""
+    from squeezed.engine.model import Domain, Host
+
+    class Backend:
+        def observe(self) -> Host:
+            return Host((Domain(1, True, 1, 2, 3, 2, 3), Domain(2, True, 1, 2, 3, 2, 3),
+                         Domain(3, False, 2, 2, 2, 2, 2)), 100)
+
+        def describe(self) -> dict:
+            return {"uncooperative_domids": [1], "invalid_domains": {2: "target 'x'"},
+                    "stuck_domids": [1, 2], "domain_names": {3: "db"}}
+
+        def reservations(self) -> list:
+            return []
+
+    st = MemoryService(Backend()).get_state("t")  # type: ignore[arg-type]
+    assert {d["domid"]: (d["name"], d["flags"]) for d in st["domains"]} == {
+        1: (None, ["stuck", "uncooperative"]), 2: (None, ["bad-keys", "stuck"]), 3: ("db", [])}
+    from squeezed import idl
+    from squeezed.rpc.dispatch import marshal
+
+    marshal(idl.load(), "state", st)  # what the daemon sends is what the IDL says
