@@ -130,7 +130,8 @@ def test_views_against_the_daemon(short_tmp, sim) -> None:
         assert recorder.returncode == 0, err
         rec = record.load(str(rec_file))
         assert len(rec.samples) >= 10
-        assert [(o["op"], o["dbg"], o["outcome"]) for o in rec.operations] == [
+        assert [(o["op"], o["dbg"], o["outcome"]) for o in rec.operations
+                if o["op"] != "auto-balance"] == [  # the balancer may tidy up after it
             ("reserve_memory", "xenopsd/VM.start/7", "success")]
         free = [s["host_free_kib"] for s in rec.samples]
         assert max(free) - min(free) >= 512 * MIB  # the recording saw memory move
