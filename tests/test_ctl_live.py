@@ -117,6 +117,9 @@ def test_views_against_the_daemon(short_tmp, sim) -> None:
         assert any(line.split()[:2] == ["1", "guest-1"] for line in lines)
         r = _ctl(daemon, "top", "-n", "2", "--interval", "0.1")
         assert r.returncode == 0 and r.stdout.count("squeezed top") == 2
+        r = subprocess.run([*CTL, "--socket", daemon.json_socket, "--protocol", "json", "top",
+                            "--once"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "guest-1" in r.stdout, r.stderr  # the JSON-RPC socket too
 
         # record while a VM start squeezes the guests, then draw it
         rec_file = short_tmp / "run.jsonl"
