@@ -28,8 +28,9 @@ PYTHON     ?= /usr/bin/python3
 
 VENV       := .venv/bin/python
 STAMP      := .venv/.installed
-# Files of the package that are installed (as in pyproject's package-data).
-PKG_FILES   = $(shell find squeezed -name __pycache__ -prune -o -type f \
+# Files of the package that are installed (as in pyproject's package-data). Symlinks
+# too: squeezed/_idl/memory.json points at idl/memory.json (install copies the target).
+PKG_FILES   = $(shell find squeezed -name __pycache__ -prune -o \( -type f -o -type l \) \
                 \( -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.toml' \
                    -o -name '*.json' -o -name py.typed \) -print)
 

@@ -70,6 +70,13 @@ def test_install_and_uninstall(tmp_path: Path) -> None:
         assert Path(r.stdout.strip()).resolve() == (
             dest / "usr/lib/squeezed/squeezed/__init__.py").resolve()
 
+    # The installed squeezectl finds the IDL it is built from (a symlink in the tree).
+    assert (dest / "usr/lib/squeezed/squeezed/_idl/memory.json").read_text() == (
+        ROOT / "idl/memory.json").read_text()
+    r = subprocess.run([str(dest / "usr/bin/squeezectl"), "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "top" in r.stdout, r.stderr
+
     if not (ROOT / "squeezed" / "daemon.py").exists():
         pytest.skip("squeezed/daemon.py does not exist yet: cannot run squeezed --version")
     r = subprocess.run([str(dest / "usr/sbin/squeezed"), "--version"], capture_output=True,
