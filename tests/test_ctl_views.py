@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from squeezed.ctl import metrics, record, top
 from squeezed.stats import DURATION_BOUNDS_S, OperationStats
@@ -336,3 +338,31 @@ def test_squeezed_sim_plot_draws_a_recording(tmp_path: Path, capsys) -> None:
     (tmp_path / "bad.jsonl").write_text("{}\n")
     assert cli.main(["plot", str(tmp_path / "bad.jsonl"), "-o", str(tmp_path / "b.png")]) == 2
     assert "not a squeezectl recording" in capsys.readouterr().err
+
+
+# -- bars, for any figures -------------------------------------------------------
+
+
+@given(st.lists(st.integers(0, 1 << 40), min_size=1, max_size=6), st.integers(1, 200))
+def test_host_bar_gives_each_part_its_share(values: list[int], width: int) -> None:
+    parts = [(c, v) for c, v in zip("DRfsk.", values, strict=False)]
+    bar = top.host_bar(parts, width)
+    assert len(bar) == width
+    total = sum(values)
+    if total == 0:
+        assert bar == "." * width
+        return
+    for c, v in parts:
+        # the exact share, rounded by at most one cell either way
+        assert abs(bar.count(c) - v * width / total) < 1 + 1e-9, (c, v, bar)
+
+
+@given(st.integers(0, 1 << 30), st.integers(0, 1 << 30), st.integers(0, 1 << 30),
+       st.integers(0, 1 << 30), st.integers(0, 1 << 30), st.integers(1, 120))
+def test_domain_bar_is_as_wide_as_asked_and_shows_the_target(
+        mn: int, target: int, actual: int, mx: int, maxmem: int, width: int) -> None:
+    d = dom(1, mn, target, actual, mx, maxmem)
+    scale = max(mn, target, actual, mx, maxmem, 1)
+    bar = top.domain_bar(d, scale, width)
+    assert len(bar) == width and bar.count("T") == 1
+    assert bar.index("T") == round(target * (width - 1) / scale)
