@@ -72,6 +72,7 @@ def test_domain_bar_markers_by_hand() -> None:
 def test_host_bar_shares_by_hand() -> None:
     assert top.host_bar([("D", 50), ("R", 25), ("f", 25)], 8) == "DDDDRRff"
     assert top.host_bar([("D", 1), ("R", 1), ("f", 1)], 4) == "DDRf"  # largest remainder
+    assert top.host_bar([("D", 29), ("R", 21), ("f", 50)], 10) == "DDDRRfffff"  # 2.9 2.1 5
     assert top.host_bar([("D", 0)], 3) == "..."
 
 
@@ -352,9 +353,14 @@ def test_host_bar_gives_each_part_its_share(values: list[int], width: int) -> No
     if total == 0:
         assert bar == "." * width
         return
+    rounded_up, rounded_down = [], []
     for c, v in parts:
-        # the exact share, rounded by at most one cell either way
-        assert abs(bar.count(c) - v * width / total) < 1 + 1e-9, (c, v, bar)
+        exact = v * width / total
+        # the exact share, rounded by less than one cell either way...
+        assert abs(bar.count(c) - exact) < 1 + 1e-9, (c, v, bar)
+        (rounded_up if bar.count(c) > exact else rounded_down).append(exact - int(exact))
+    # ...and the cells left over by rounding down go to the largest remainders
+    assert not rounded_up or not rounded_down or min(rounded_up) >= max(rounded_down) - 1e-9
 
 
 @given(st.integers(0, 1 << 30), st.integers(0, 1 << 30), st.integers(0, 1 << 30),
