@@ -73,6 +73,7 @@ class Config:
     uncooperative_after_s: float = 20.0
     poll_min_s: float = 0.02
     poll_max_s: float = 1.0
+    operation_timeout_s: float = 300.0
     metrics_textfile: str = ""  # "" = write no metrics file
     metrics_textfile_interval_s: float = 15.0
 
@@ -107,6 +108,7 @@ class Config:
             uncooperative_after_s=self.uncooperative_after_s,
             min_poll_s=self.poll_min_s,
             max_poll_s=self.poll_max_s,
+            operation_timeout_s=self.operation_timeout_s,
         )
 
 
@@ -366,6 +368,10 @@ _KEY_LIST = [
         "Shortest wait between polls while memory is moving.", True),
     Key("poll-max", "poll_max_s", _float_above_zero, _fmt_float, "a number of seconds > 0",
         "Longest wait between polls while nothing moves.", True),
+    Key("operation-timeout", "operation_timeout_s", _float_above_zero, _fmt_float,
+        "a number of seconds > 0",
+        "A squeezing operation still running after this long fails with Internal_error, "
+        "gives back what it freed and releases the lock for the next caller.", True),
     Key("metrics-textfile", "metrics_textfile", _abs_path(True), str,
         "an absolute path, or empty",
         "Write metrics in the Prometheus text format (as squeezectl metrics prints them) to "

@@ -26,11 +26,16 @@ from typing import Any
 from squeezed import __version__, systemd
 from squeezed.config import ConfigError, apply_reloadable, format_config, help_text, load
 from squeezed.engine.operations import OperationAbandoned
+from squeezed.errors import InternalError
 from squeezed.logsetup import set_level, setup_logging
 from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
 from squeezed.supervisor import Supervisor
 
 log = logging.getLogger("squeezed")
+
+
+XENSTORED_RETRY_S = 5.0  # as upstream (squeezed_xenstore.ml)
+WATCHER_MAX_SILENCE_S = 120.0
 
 
 class StartupError(Exception):
@@ -108,6 +113,7 @@ class Daemon:
         # instant (an Event's lock may be held by the thread being interrupted).
         self.stop_requested = False
         self.reload_requested = False
+        self.late_start_failed = False  # xenstored came late, then the host was unreadable
 
     # -- paths ------------------------------------------------------------
 
@@ -125,7 +131,11 @@ class Daemon:
 
     # -- start-up ---------------------------------------------------------
 
-    def _open_host(self) -> None:
+    def _open_host(self) -> bool:
+        """Open libxenctrl (no hypervisor: StartupError, exit 1) and try
+        xenstored once; True if the host could be read. A xenstored that is
+        not there yet is a late start, not the wrong machine: the caller
+        listens anyway and `_await_xenstored` keeps trying."""
         from squeezed.xen.host import XenHost
         from squeezed.xen.xenctrl import XenCtrl, XenCtrlUnavailable
         from squeezed.xen.xenstore import XenstoreClient
@@ -143,30 +153,70 @@ class Daemon:
             xc = XenCtrl.open(lib)
         except XenCtrlUnavailable as e:
             raise StartupError(str(e)) from None
-        xs = self.xs = XenstoreClient(xs_path)
-        where = xs.path
-        systemd.status(f"connecting to xenstored at {where}")
-        try:
-            xs.connect()
-        except Exception as e:  # refused, absent, or gave up retrying
-            why = str(e) or type(e).__name__
-            raise StartupError(f"cannot connect to xenstored at {where}: {why}") from None
+        # Fail at once while xenstored is not there; retry every 5 s ourselves.
+        xs = self.xs = XenstoreClient(xs_path, reconnect_timeout_s=0.0)
         self.xs_path = xs_path
         self.host = XenHost(
             xc, xs, manage_domain_zero=self.cfg.manage_domain_zero,
             uncooperative_after_s=self.cfg.uncooperative_after_s,
         )
+        systemd.status(f"connecting to xenstored at {xs.path}")
+        try:
+            xs.connect()
+        except OSError as e:  # refused or absent (XenstoreConnectionError is one)
+            log.error("cannot connect to xenstored at %s: %s; retrying every %g s",
+                      xs.path, str(e) or type(e).__name__, XENSTORED_RETRY_S)
+            return False
+        self._read_host()
+        return True
+
+    def _read_host(self) -> None:
+        """First contact with xenstored: publish dom0's policy, read the host once."""
+        assert self.xs is not None
+        self.xs.set_reconnect_timeout(30.0)  # from now on a restart of xenstored is waited for
         systemd.status("reading the host")
         try:
             if self.cfg.manage_domain_zero:
                 self.host.configure_domain_zero(
                     self.cfg.domain_zero_dynamic_min_bytes, self.cfg.domain_zero_dynamic_max_bytes
                 )
-            self.host.snapshot()  # the host has been read once before READY
+            self.host.snapshot()  # the host has been read once before serving it
         except OperationAbandoned:
             raise StopDuringStartup() from None
         except Exception as e:
             raise StartupError(f"cannot read the host: {type(e).__name__}: {e}") from None
+
+    def _await_xenstored(self, stop: threading.Event) -> None:
+        """Upstream's rule: retry xenstored every 5 s, for ever, while the
+        sockets already answer what needs no xenstore (and say why others
+        fail). Then start what needs it."""
+        assert self.xs is not None
+        while True:
+            if stop.wait(XENSTORED_RETRY_S):
+                return
+            try:
+                self.xs.connect()
+                break
+            except OSError as e:
+                log.info("xenstored at %s still unreachable (%s); retrying in %g s",
+                         self.xs.path, str(e) or type(e).__name__, XENSTORED_RETRY_S)
+        log.info("connected to xenstored at %s", self.xs.path)
+        try:
+            self._read_host()
+        except StartupError as e:
+            # Reached but unusable: exit 1 as a failed start would (systemd restarts us).
+            log.error("%s", e)
+            self.late_start_failed = True
+            self.stop_requested = True
+            signal.raise_signal(signal.SIGTERM)
+            return
+        self._spawn_host_threads()
+        systemd.status("serving")
+
+    def _spawn_host_threads(self) -> None:
+        self.sup.spawn("xenstore-watcher", self._watcher)
+        self.sup.spawn("balancer", self._balancer)
+        self.sup.spawn("metrics-textfile", self._metrics_textfile)
 
     def _start_servers(self) -> None:
         from squeezed.rpc.dispatch import Dispatcher
@@ -190,9 +240,20 @@ class Daemon:
 
     def _balancer(self, stop: threading.Event) -> None:
         assert self.service is not None
-        while not stop.wait(self.cfg.balance_check_interval_s):
-            if self.service.balance_if_unbalanced():
-                log.info("periodic balancer rebalanced host memory")
+        # A pass may last up to one whole operation: silent longer, it is hung.
+        beat = self.sup.heartbeats.register(
+            "balancer", self.cfg.balance_check_interval_s + self.cfg.operation_timeout_s + 60.0)
+        try:
+            while not stop.wait(self.cfg.balance_check_interval_s):
+                beat()
+                try:
+                    if self.service.balance_if_unbalanced():
+                        log.info("periodic balancer rebalanced host memory")
+                except InternalError as e:  # the host failed (a refused write, the deadline)
+                    log.error("periodic balance failed: %s", e.message)
+                beat()
+        finally:
+            self.sup.heartbeats.unregister("balancer")
 
     def _metrics_textfile(self, stop: threading.Event) -> None:
         """metrics-textfile: the state in Prometheus text, rewritten every
@@ -201,30 +262,40 @@ class Daemon:
 
         assert self.service is not None
         reported = ""
-        while True:
-            interval_s = self.cfg.metrics_textfile_interval_s
-            self.sup.heartbeats.register("metrics-textfile", max(60.0, 3 * interval_s))
-            path = self.cfg.metrics_textfile
-            if path:
-                try:
-                    write_textfile(path, exposition(self.service.get_state("metrics-textfile")))
-                    reported = ""
-                except OSError as e:  # e.g. its directory is missing: say so once, keep trying
-                    # (not str(e): it names the temporary file, new each time)
-                    problem = f"{path}: {e.strerror or e}"
-                    if problem != reported:
-                        log.warning("metrics-textfile: cannot write %s", problem)
-                        reported = problem
-            if stop.wait(interval_s):
-                return
+        try:
+            while True:
+                interval_s = self.cfg.metrics_textfile_interval_s
+                # (re-registered each round: the interval is reloadable)
+                self.sup.heartbeats.register("metrics-textfile", max(60.0, 3 * interval_s))
+                path = self.cfg.metrics_textfile
+                if path:
+                    problem = ""
+                    try:
+                        text = exposition(self.service.get_state("metrics-textfile"))
+                        write_textfile(path, text)
+                    except OSError as e:  # e.g. its directory is missing
+                        # (not str(e): it names the temporary file, new each time)
+                        problem = f"cannot write {path}: {e.strerror or e}"
+                    except InternalError as e:  # the host could not be read
+                        problem = f"cannot read the host: {e.message}"
+                    if problem and problem != reported:  # say so once, keep trying
+                        log.warning("metrics-textfile: %s", problem)
+                    reported = problem
+                if stop.wait(interval_s):
+                    return
+        finally:
+            self.sup.heartbeats.unregister("metrics-textfile")
 
     def _watcher(self, stop: threading.Event) -> None:
         from squeezed.xen.xenstore import Watcher
 
+        # The loop comes round every 0.5 s; a resync of many domains takes longer.
+        beat = self.sup.heartbeats.register("xenstore-watcher", WATCHER_MAX_SILENCE_S)
         watcher = Watcher(self.xs_path)
         try:
-            self.host.run_watcher(watcher, stop)
+            self.host.run_watcher(watcher, stop, beat)
         finally:
+            self.sup.heartbeats.unregister("xenstore-watcher")
             watcher.close()
 
     def _measure_initial_free(self, stop: threading.Event) -> None:
@@ -286,7 +357,7 @@ class Daemon:
             self._apply_scenario_settings()
         else:
             self.run_dir = Path("/var/run/squeezed")
-        self._open_host()
+        host_read = self._open_host()
         initial = self.initial = InitialFreeMemory(
             self._path("boot-time-memory-file", "boot_time_memory"))
         if self.opts.simulate is not None and not self._explicit("boot-time-memory-file"):
@@ -301,12 +372,18 @@ class Daemon:
         )
         self.service.on_set_log_level = set_level
         self._start_servers()
-        self.sup.spawn("xenstore-watcher", self._watcher)
-        self.sup.spawn("balancer", self._balancer)
-        self.sup.spawn("metrics-textfile", self._metrics_textfile)
+        # Needs only libxenctrl: measured even while xenstored is late.
         self.sup.spawn("boot-time-free-memory", self._measure_initial_free, once=True)
+        if host_read:
+            self._spawn_host_threads()
+        else:
+            self.sup.spawn("xenstored-connect", self._await_xenstored, once=True)
+        # READY once listening, even while xenstored is late: not ready would
+        # time the start out, and restarts would burn systemd's start limit.
         systemd.ready()
-        systemd.status("serving")
+        systemd.status("serving" if host_read else
+                       f"waiting for xenstored at {self.xs.path} (retrying every "
+                       f"{XENSTORED_RETRY_S:g} s)")
         log.info("squeezed %s ready%s", __version__,
                  f" (simulated host in {self.run_dir})" if self.sim else "")
         if self.sim is not None:
@@ -346,10 +423,15 @@ class Daemon:
         systemd.stopping()
         if self.host is not None:
             self.host.abandon()  # a running squeeze returns an error to its caller
+        if self.xs is not None:
+            # A request waiting for xenstored to come back gives up now, so its
+            # caller gets the error reply before the servers close.
+            self.xs.close()
         if self.initial is not None:
             self.initial.abort()  # callers waiting for it get an error reply
         self.sup.stop.set()
-        return self.shutdown()
+        rc = self.shutdown()
+        return 1 if self.late_start_failed else rc
 
     # -- signals ----------------------------------------------------------
 

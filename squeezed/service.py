@@ -414,6 +414,9 @@ class MemoryService:
                 for d in host.domains
             ],
             "operation_running": self._op_lock.locked(),
+            # Left out of the arithmetic by the backend for bad values (issue 11 #1, #2).
+            "invalid": {"domains": dict(facts.get("invalid_domains", {})),
+                        "reservations": dict(facts.get("invalid_reservations", {}))},
         }
 
     def get_diagnostics(self, dbg: str) -> str:
@@ -437,6 +440,10 @@ class MemoryService:
                 f"  {d['domid']} {d['dynamic_min_kib']} {d['target_kib']} "
                 f"{d['memory_actual_kib']} {d['dynamic_max_kib']} {d['memory_max_kib']} {flags}"
             )
+        for domid, why in st["invalid"]["domains"].items():
+            lines.append(f"  {domid} left alone: {why}")
+        for path, why in st["invalid"]["reservations"].items():
+            lines.append(f"  reservation {path} ignored: {why}")
         with self._history_lock:
             history = list(self._history)
         lines.append(f"last operations ({len(history)}):")

@@ -297,11 +297,17 @@ def test_daemon_textfile_thread_writes_and_reports_failures_once(tmp_path, caplo
     prom = tmp_path / "squeezed.prom"
     d = Daemon(dataclasses.replace(DEFAULTS, metrics_textfile=str(prom)), None, None)
     d.service = _StateService()  # type: ignore[assignment]
-    stop = threading.Event()
-    stop.set()  # one round, then the wait says stop
-    d._metrics_textfile(stop)
+    class OneRound(threading.Event):
+        beating = False
+
+        def wait(self, timeout=None) -> bool:
+            self.beating = "metrics-textfile" in d.sup.heartbeats.status()
+            return True  # one round, then the wait says stop
+
+    one = OneRound()
+    d._metrics_textfile(one)
     assert parse(prom.read_text())[1][("squeezed_host_free_kib", L())] == 7
-    assert "metrics-textfile" in d.sup.heartbeats.status()
+    assert one.beating and "metrics-textfile" not in d.sup.heartbeats.status()
 
     class ThreeRounds(threading.Event):
         rounds = 0

@@ -107,7 +107,7 @@ def test_ceiling_domain_capped_and_the_other_takes_the_slack():
 
 def test_impossible_fails_fast_without_touching_anything():
     (s,) = run_file("impossible_fast.toml")["steps"]
-    assert (s["outcome"], s["detail"]) == ("Cannot_free_this_much_memory", [2097152, 0])
+    assert (s["outcome"], s["detail"]) == ("Cannot_free_this_much_memory", [2097152, 1048576])
     assert s["sim_seconds"] < 0.1 and s["iterations"] == 0
     assert all(d["target_kib"] == d["dynamic_max_kib"] for d in s["domains"])
 
@@ -347,7 +347,9 @@ def test_cli_json_shape(capsys):
     assert step["op"] == "reserve_range" and isinstance(step["amount_kib"], int)
     assert set(step["domains"][0]) >= {"domid", "target_kib", "actual_kib", "maxmem_kib",
                                        "dynamic_min_kib", "dynamic_max_kib", "inaccuracy_kib"}
-    assert doc["steps"][2]["detail"] == [9552, 0]
+    # upstream's arguments: the aim, and free memory with every domain at dynamic_min
+    # (0 free + 2 x (3495 - 1000) KiB, hand-computed from step 2's domains)
+    assert doc["steps"][2]["detail"] == [9552, 4990]
 
 
 def test_cli_text_output(capsys):

@@ -19,6 +19,10 @@ class Domain:
     memory_actual_kib: int  # tot_pages minus memory-offset
     memory_max_kib: int  # Xen maxmem, in the same frame as target (no offsets)
     inaccuracy_kib: int = DEFAULT_INACCURACY_KIB
+    # Flagged uncooperative before this operation (memory/uncooperative): its
+    # driver has already shown it does not follow its target, so an operation
+    # counts on nothing more from it and does not wait for it to prove it again.
+    uncooperative: bool = False
 
     @property
     def range_kib(self) -> int:

@@ -21,10 +21,17 @@ from typing import Protocol
 
 from squeezed.engine.model import Domain, Host
 from squeezed.engine.policy import proportional_targets
-from squeezed.engine.squeezer import DEFAULT_STUCK_AFTER_S, Squeezer, StucknessMonitor, Verdict
+from squeezed.engine.squeezer import (
+    DEFAULT_STUCK_AFTER_S,
+    Decision,
+    Squeezer,
+    StucknessMonitor,
+    Verdict,
+)
 from squeezed.errors import (
     CannotFreeThisMuchMemory,
     DomainsRefusedToCooperate,
+    InternalError,
     InvalidMemoryValue,
     MemoryError_,
 )
@@ -35,10 +42,16 @@ log = logging.getLogger("squeezed.engine")
 DEFAULT_RESERVE_KIB = 64 * 1024 + 8 * 1024
 DEFAULT_TOLERANCE_KIB = 512
 DEFAULT_UNCOOPERATIVE_AFTER_S = 20.0
+DEFAULT_OPERATION_TIMEOUT_S = 300.0
 
 
 class HostIO(Protocol):
-    """Everything the engine needs from the outside world."""
+    """Everything the engine needs from the outside world.
+
+    A host may also offer ``begin_operation()`` (see `_begin`): called once
+    when an operation starts, it makes every later snapshot reflect every
+    change made to the host before the call (the Xen backend uses it to wait
+    for xenstore watch events already sent to it)."""
 
     def snapshot(self) -> Host: ...
 
@@ -51,6 +64,13 @@ class HostIO(Protocol):
     def wait(self, seconds: float) -> None:
         """Let time pass; may raise OperationAbandoned to stop the operation."""
         ...
+
+
+def _begin(io: HostIO) -> None:
+    # Optional, so that hosts without caches (simulators, benchmarks) need nothing.
+    begin = getattr(io, "begin_operation", None)
+    if begin is not None:
+        begin()
 
 
 class OperationAbandoned(Exception):
@@ -66,6 +86,9 @@ class EngineConfig:
     min_poll_s: float = 0.02
     max_poll_s: float = 1.0
     two_phase: bool = True
+    # No operation runs longer than this: it fails with Internal_error (and
+    # gives back what it freed), so one bad guest cannot block every later one.
+    operation_timeout_s: float = DEFAULT_OPERATION_TIMEOUT_S
 
 
 @dataclass
@@ -104,6 +127,9 @@ def change_host_free_memory(
     aim_kib: int,
     success: Callable[[int], bool],
     need_kib: int | None,
+    *,
+    begin: bool = True,
+    give_back: bool = True,
     stats: OpStats | None = None,
 ) -> OpStats:
     """Loop until every active domain hit its target and no target changes.
@@ -113,77 +139,151 @@ def change_host_free_memory(
     that satisfies it: used to fail fast when even every balloonable domain
     at dynamic_min could not provide it. The fast path needs the aim too, so
     that a range reservation gets its proportional share, not just its min.
-    A caller's `stats` is filled in even when the operation raises.
+
+    Errors carry upstream's arguments: Cannot_free_this_much_memory(aim, free
+    with every domain at dynamic_min), amounts including the kept reserve
+    (the service nets it out). When the operation fails after targets were
+    lowered, what was freed is given back at once (`_give_back`). A caller's
+    `stats` is filled in even when the operation raises.
     """
     stats = OpStats() if stats is None else stats
+    if begin:
+        _begin(io)
     start_s = io.now()
     host = io.snapshot()
     balloonable = [d for d in host.domains if d.can_balloon]
     if need_kib is not None:
         if host.free_mem_kib >= max(need_kib, aim_kib) and all(d.hit_target for d in balloonable):
             return stats  # fast path: enough is free and nothing is moving
-        # Fail fast only when it is surely impossible: everything above every
-        # balloonable domain's dynamic_min, with no allowance for inaccuracy.
-        ceiling_kib = host.free_mem_kib + sum(
-            max(0, d.memory_actual_kib - d.dynamic_min_kib) for d in balloonable
-        )
-        if ceiling_kib < need_kib:
-            log.info(
-                "cannot free %d KiB: %d KiB free, at most %d KiB with every domain at dynamic_min",
-                need_kib, host.free_mem_kib, ceiling_kib,
-            )
-            raise CannotFreeThisMuchMemory(aim_kib, host.free_mem_kib)
+        _fail_fast(host, balloonable, aim_kib, need_kib)
 
     sq = Squeezer(StucknessMonitor(cfg.stuck_after_s), two_phase=cfg.two_phase)
+    try:
+        _squeeze(io, cfg, sq, host, aim_kib, success, stats, start_s)
+    except (MemoryError_, OSError) as e:
+        if give_back:
+            _give_back(io, cfg, sq, e, stats)
+        stats.elapsed_s = io.now() - start_s
+        raise
+    stats.elapsed_s = io.now() - start_s
+    return stats
+
+
+def _fail_fast(host: Host, balloonable: list[Domain], aim_kib: int, need_kib: int) -> None:
+    """Fail at once, touching nothing, when the need is surely out of reach:
+    above what every balloonable domain at dynamic_min would leave free (no
+    allowance for inaccuracy), or above that without the domains already
+    flagged uncooperative, which count only for what they have given."""
+    def ceiling(domains: list[Domain]) -> int:
+        return host.free_mem_kib + sum(
+            max(0, d.memory_actual_kib - d.dynamic_min_kib) for d in domains
+        )
+
+    ceiling_kib = ceiling(balloonable)
+    if ceiling_kib < need_kib:
+        log.info(
+            "cannot free %d KiB: %d KiB free, at most %d KiB with every domain at dynamic_min",
+            need_kib, host.free_mem_kib, ceiling_kib,
+        )
+        # What upstream reports after ballooning everyone to dynamic_min.
+        raise CannotFreeThisMuchMemory(aim_kib, ceiling_kib)
+    flagged = [d for d in balloonable if d.uncooperative]
+    cooperative_kib = ceiling([d for d in balloonable if not d.uncooperative])
+    if flagged and cooperative_kib < need_kib:
+        blamed = sorted(d.domid for d in flagged if d.memory_actual_kib > d.dynamic_min_kib)
+        log.info(
+            "cannot free %d KiB without domains flagged uncooperative %s: at most %d KiB "
+            "from the others", need_kib, blamed, cooperative_kib,
+        )
+        raise DomainsRefusedToCooperate(blamed)
+
+
+def _squeeze(
+    io: HostIO,
+    cfg: EngineConfig,
+    sq: Squeezer,
+    host: Host,
+    aim_kib: int,
+    success: Callable[[int], bool],
+    stats: OpStats,
+    start_s: float,
+) -> None:
     delay_s = cfg.min_poll_s
     previous: dict[int, int] = {}
+    deadline_s = start_s + cfg.operation_timeout_s
     while True:
         now_s = io.now()
+        if now_s > deadline_s:
+            raise InternalError(
+                f"operation timed out after {now_s - start_s:.1f} s (operation-timeout "
+                f"{cfg.operation_timeout_s:g} s) aiming at {aim_kib} KiB free; "
+                f"last seen {host.detail or f'F{host.free_mem_kib}'}"
+            )
         host = io.snapshot() if stats.iterations else host
         stats.iterations += 1
         dec = sq.step(host, aim_kib, success, now_s)
-        by_id = {d.domid: d for d in host.domains}
-        new_targets = {a.domid: a.new_target_kib for a in dec.actions}
-        for d in dec.declared_inactive:
-            if not d.can_balloon:
-                continue
-            # A stuck driver may wake up later: cap it where it is now (within
-            # its range) so it cannot take memory that went to someone else.
-            m = _clamp(d.dynamic_min_kib, d.dynamic_max_kib, min(d.target_kib, d.memory_actual_kib))
-            log.info("domain %d declared inactive (stuck balloon driver); maxmem %d KiB",
-                     d.domid, m)
-            _write(io, d, min(d.target_kib, m), m, stats)
-        for domid in dec.active:
-            d = by_id[domid]
-            t = new_targets.get(domid, d.target_kib)
-            if t != d.target_kib or d.memory_max_kib != t:
-                _write(io, d, t, t, stats)
-        # The line costs ~2 us a domain to format: only when it will be seen.
-        if (dec.actions or dec.declared_inactive) and log.isEnabledFor(logging.INFO):
-            log.info(
-                "%s; %s", host.detail or f"F{host.free_mem_kib}",
-                "; ".join(
-                    d.short() + ("" if d.domid not in new_targets else
-                                 ("^" if new_targets[d.domid] > d.target_kib else "v"))
-                    for d in host.domains
-                ),
-            )
+        _apply(io, host, dec, stats)
         if dec.verdict is Verdict.SUCCESS:
-            break
+            return
         if dec.verdict is Verdict.FAILED:
-            stats.elapsed_s = io.now() - start_s
             if not dec.blamed or dec.blamed == (0,):
                 raise CannotFreeThisMuchMemory(aim_kib, host.free_mem_kib)
             raise DomainsRefusedToCooperate(list(dec.blamed))
         moved = any(previous.get(d.domid) != d.memory_actual_kib for d in host.domains)
         previous = {d.domid: d.memory_actual_kib for d in host.domains}
         delay_s = cfg.min_poll_s if (dec.actions or moved) else min(delay_s * 2, cfg.max_poll_s)
-        deadline_s = sq.stuckness.next_deadline_s(host)
-        if deadline_s is not None:
-            delay_s = min(delay_s, max(0.0, deadline_s - now_s) + cfg.min_poll_s)
+        stuck_at_s = sq.stuckness.next_deadline_s(host)
+        if stuck_at_s is not None:
+            delay_s = min(delay_s, max(0.0, stuck_at_s - now_s) + cfg.min_poll_s)
+        delay_s = min(delay_s, max(0.0, deadline_s - now_s) + cfg.min_poll_s)
         io.wait(delay_s)
-    stats.elapsed_s = io.now() - start_s
-    return stats
+
+
+def _apply(io: HostIO, host: Host, dec: Decision, stats: OpStats) -> None:
+    """Write one decision: cap newly inactive domains, set active ones' targets."""
+    by_id = {d.domid: d for d in host.domains}
+    new_targets = {a.domid: a.new_target_kib for a in dec.actions}
+    for d in dec.declared_inactive:
+        if not d.can_balloon:
+            continue
+        # A stuck driver may wake up later: cap it where it is now (within
+        # its range) so it cannot take memory that went to someone else.
+        m = _clamp(d.dynamic_min_kib, d.dynamic_max_kib, min(d.target_kib, d.memory_actual_kib))
+        log.info("domain %d declared inactive (%s); maxmem %d KiB", d.domid,
+                 "flagged uncooperative" if d.uncooperative else "stuck balloon driver", m)
+        _write(io, d, min(d.target_kib, m), m, stats)
+    for domid in dec.active:
+        d = by_id[domid]
+        t = new_targets.get(domid, d.target_kib)
+        if t != d.target_kib or d.memory_max_kib != t:
+            _write(io, d, t, t, stats)
+    # The line costs ~2 us a domain to format: only when it will be seen.
+    if (dec.actions or dec.declared_inactive) and log.isEnabledFor(logging.INFO):
+        log.info(
+            "%s; %s", host.detail or f"F{host.free_mem_kib}",
+            "; ".join(
+                d.short() + ("" if d.domid not in new_targets else
+                             ("^" if new_targets[d.domid] > d.target_kib else "v"))
+                for d in host.domains
+            ),
+        )
+
+
+def _give_back(io: HostIO, cfg: EngineConfig, sq: Squeezer, why: BaseException,
+               stats: OpStats) -> None:
+    """A failed operation leaves guests squeezed: hand everything above the
+    kept reserve back to the domains still active, now, without waiting for
+    their drivers (the periodic balancer finishes the job). Best effort: a
+    failure here is logged and the operation's own error is the one raised."""
+    try:
+        host = io.snapshot()
+        dec = sq.step(host, cfg.reserve_kib, lambda _free: False, io.now())
+        if dec.actions:
+            log.info("operation failed (%s): giving back memory to %d domain(s)",
+                     why, len(dec.actions))
+        _apply(io, host, dec, stats)
+    except (MemoryError_, OSError, OperationAbandoned) as e:
+        log.error("giving memory back after a failed operation failed: %s", e)
 
 
 def free_memory(
@@ -192,7 +292,7 @@ def free_memory(
     """Make host free memory at least `kib` (the kept reserve not added)."""
     if kib < 0:
         raise InvalidMemoryValue(kib)
-    return change_host_free_memory(io, cfg, kib, lambda free: free >= kib, kib, stats)
+    return change_host_free_memory(io, cfg, kib, lambda free: free >= kib, kib, stats=stats)
 
 
 def reserve(io: HostIO, cfg: EngineConfig, kib: int, stats: OpStats | None = None) -> OpStats:
@@ -204,9 +304,12 @@ def reserve(io: HostIO, cfg: EngineConfig, kib: int, stats: OpStats | None = Non
 
 def ideal_new_domain_kib(host: Host, cfg: EngineConfig, min_kib: int, max_kib: int) -> int:
     """What the policy would give a new domain with range [min, max]."""
+    # As upstream: every domain of the host takes part, and no domain (the
+    # newcomer, with nothing allocated, included) counts as freeing less than 0.
     newcomer = Domain(-1, True, min_kib, min_kib, max_kib, 0, 0)
-    domains = [d for d in host.domains if d.can_balloon] + [newcomer]
-    return proportional_targets(host.free_mem_kib, domains, cfg.reserve_kib)[-1]
+    max_free = host.free_mem_kib + sum(max(0, d.min_freeable_kib) for d in host.domains)
+    domains = [*host.domains, newcomer]
+    return proportional_targets(host.free_mem_kib, domains, cfg.reserve_kib, max_free)[-1]
 
 
 def free_memory_range(
@@ -218,10 +321,12 @@ def free_memory_range(
         raise InvalidMemoryValue(min_kib)
     if max_kib < min_kib:
         raise InvalidMemoryValue(max_kib)
+    _begin(io)
     ideal_kib = ideal_new_domain_kib(io.snapshot(), cfg, min_kib, max_kib)
     need_kib = min_kib + cfg.reserve_kib
     stats = change_host_free_memory(
-        io, cfg, ideal_kib + cfg.reserve_kib, lambda free: free >= need_kib, need_kib, stats
+        io, cfg, ideal_kib + cfg.reserve_kib, lambda free: free >= need_kib, need_kib=need_kib,
+        begin=False, stats=stats,
     )
     usable_kib = io.snapshot().free_mem_kib - cfg.reserve_kib
     return max(min_kib, min(usable_kib, max_kib)), stats
@@ -232,9 +337,15 @@ def _is_balanced(cfg: EngineConfig) -> Callable[[int], bool]:
 
 
 def balance(io: HostIO, cfg: EngineConfig, stats: OpStats | None = None) -> OpStats | None:
-    """Hand out everything above the kept reserve; never raises on failure."""
+    """Hand out everything above the kept reserve. Like upstream it does not
+    fail because a driver is stuck or every domain is at dynamic_max; unlike
+    upstream it raises Internal_error when the host itself failed (a refused
+    write, the operation timeout)."""
     try:
-        return change_host_free_memory(io, cfg, cfg.reserve_kib, _is_balanced(cfg), None, stats)
+        return change_host_free_memory(io, cfg, cfg.reserve_kib, _is_balanced(cfg), need_kib=None,
+                                       give_back=False, stats=stats)
+    except InternalError:
+        raise
     except CannotFreeThisMuchMemory as e:
         # Every domain is at dynamic_max already: the rest stays free.
         log.debug("balance: every domain is at its dynamic_max; %d KiB stay free", e.free_kib)
@@ -246,6 +357,7 @@ def balance(io: HostIO, cfg: EngineConfig, stats: OpStats | None = None) -> OpSt
 
 def is_unbalanced(io: HostIO, cfg: EngineConfig) -> bool:
     """Cheap check for the periodic balancer: would one step change a target?"""
+    _begin(io)
     host = io.snapshot()
     dec = Squeezer(StucknessMonitor(cfg.stuck_after_s), two_phase=cfg.two_phase).step(
         host, cfg.reserve_kib, _is_balanced(cfg), io.now()

@@ -8,7 +8,7 @@ targets to write, or that the operation succeeded or failed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from squeezed.engine.model import Action, Domain, Host
@@ -41,8 +41,11 @@ class StucknessMonitor:
         for d in host.domains:
             live.add(d.domid)
             p = self._per_domain.get(d.domid)
-            if p is None:  # new domains start out making progress
+            if p is None:  # new domains start out making progress...
                 p = self._per_domain[d.domid] = _Progress(d.memory_actual_kib, now_s)
+                # ...unless already flagged uncooperative and still off target:
+                # they are inactive until they move, not after stuck_after_s more.
+                p.stuck = d.uncooperative and not d.hit_target
             delta_kib = d.memory_actual_kib - p.last_actual_kib
             p.last_actual_kib = d.memory_actual_kib
             if d.hit_target:
@@ -150,7 +153,8 @@ class Squeezer:
         all_reached = all(
             abs(d.memory_actual_kib - d.target_kib) <= d.inaccuracy_kib for d in active
         )
-        common = dict(
+        common = Decision(
+            Verdict.ADJUST,
             declared_inactive=declared_inactive,
             declared_active=declared_active,
             active=active_ids,
@@ -158,7 +162,7 @@ class Squeezer:
             allocating=allocation_phase,
         )
         if changes or not all_reached:
-            return Decision(Verdict.ADJUST, actions=changes, **common)
+            return replace(common, actions=changes)
         # Judge success on memory that stays free: an active domain a little
         # short of its target (within inaccuracy) may still take the rest.
         still_growing_kib = sum(
@@ -166,8 +170,8 @@ class Squeezer:
             for d in active
         )
         if success(free_kib - still_growing_kib):
-            return Decision(Verdict.SUCCESS, **common)
+            return replace(common, verdict=Verdict.SUCCESS)
         blamed = tuple(
             d.domid for d in host.domains if d.domid in inactive_ids and d.can_balloon
         )
-        return Decision(Verdict.FAILED, blamed=blamed, **common)
+        return replace(common, verdict=Verdict.FAILED, blamed=blamed)

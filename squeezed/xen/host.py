@@ -13,19 +13,70 @@ back before the hypercall.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import functools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from squeezed.backend import Reservation
 from squeezed.engine.model import Domain, Host
 from squeezed.engine.operations import OperationAbandoned
 from squeezed.errors import InternalError
+from squeezed.xen.xenctrl import DomainInfo, PhysInfo, XenCtrlError
+from squeezed.xen.xenstore import Transaction, WatchEvent, XenstoreError
 
 log = logging.getLogger("squeezed.xen.host")
+T = TypeVar("T")
+
+
+class XenCtrlLike(Protocol):
+    """What XenHost uses of libxenctrl (squeezed.xen.xenctrl.XenCtrl)."""
+
+    def physinfo(self) -> PhysInfo: ...
+
+    def domain_list(self) -> list[DomainInfo]: ...
+
+    def set_maxmem_kib(self, domid: int, kib: int) -> None: ...
+
+    def shadow_allocation_mib(self, domid: int) -> int: ...
+
+
+class XenstoreLike(Protocol):
+    """What XenHost uses of the xenstore request connection (XenstoreClient)."""
+
+    def read(self, path: str) -> str | None: ...
+
+    def write(self, path: str, value: str) -> None: ...
+
+    def mkdir(self, path: str) -> None: ...
+
+    def rm(self, path: str) -> None: ...
+
+    def directory(self, path: str) -> list[str]: ...
+
+    def transaction(self, fn: Callable[[Transaction], T], max_retries: int = 16) -> T: ...
+
+
+class WatcherLike(Protocol):
+    """What XenHost uses of the watch connection (squeezed.xen.xenstore.Watcher)."""
+
+    drained_seq: int
+
+    def watch(self, path: str, token: str) -> None: ...
+
+    def unwatch(self, path: str, token: str) -> None: ...
+
+    def events(self, timeout_s: float | None = None) -> list[WatchEvent]: ...
+
+    def barrier(self, timeout_s: float = 5.0) -> int: ...
+
+    def alive(self) -> bool: ...
 
 PAGE_KIB = 4
 STATE_PATH = "/squeezed/state"
@@ -44,6 +95,9 @@ DOMAIN_KEYS = (
 INTRODUCE_TOKEN = "squeezed:introduce"
 RELEASE_TOKEN = "squeezed:release"
 MAX_SCRUB_WAIT_S = 30.0
+SCRUB_WAIT_PAGES = 1024  # upstream waits while the scrubber has this many pages or more
+BARRIER_TIMEOUT_S = 5.0  # how long an operation waits for the watcher to catch up
+INT64_MAX = 2**63 - 1
 
 
 def xen_overhead_kib(domain_type: str) -> int:
@@ -55,11 +109,32 @@ def domain_path(domid: int) -> str:
     return f"/local/domain/{domid}"
 
 
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
+
+
 def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
+    """A decimal integer as xenstore holds it; None if absent or not one
+    (Python's int() would also take "1_000", " 7" or "+7")."""
+    if value is None or not _DECIMAL.fullmatch(value):
         return None
+    return int(value)
+
+
+class _Invalid(Exception):
+    """A domain's memory keys hold values no arithmetic should see."""
+
+
+def _checked(keys: dict[str, str | None], key: str, lo: int, hi: int) -> int | None:
+    """The key's value if absent (None) or an integer in [lo, hi]; else _Invalid."""
+    raw = keys.get(key)
+    if raw is None:
+        return None
+    v = _int(raw)
+    if v is None:
+        raise _Invalid(f"{key} = {raw[:40]!r} is not an integer")
+    if not lo <= v <= hi:
+        raise _Invalid(f"{key} = {v} is outside [{lo}, {hi}]")
+    return v
 
 
 @dataclass
@@ -68,13 +143,29 @@ class _Cached:
     writes: int = 0  # bumped by our own writes: a read older than one is stale
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _xenstore_failures(fn: F) -> F:
+    """xenstore failing under a Backend call (xenstored gone, a request
+    refused) fails the call with Internal_error saying what failed."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except XenstoreError as e:
+            log.error("%s: xenstore failed: %s", fn.__name__, e)
+            raise InternalError(f"xenstore failed ({fn.__name__}): {e}") from e
+    return wrapper  # type: ignore[return-value]
+
+
 class XenHost:
     """HostIO + Backend over libxenctrl and xenstore."""
 
     def __init__(
         self,
-        xc: Any,
-        xs: Any,
+        xc: XenCtrlLike,
+        xs: XenstoreLike,
         *,
         manage_domain_zero: bool = False,
         uncooperative_after_s: float = 20.0,
@@ -97,6 +188,16 @@ class XenHost:
         self._uncooperative: set[int] = set()
         self._last_reserved_kib = 0
         self._last_phys = (0, 0, 0)
+        self._tot_kib: dict[int, int] = {}  # each domain's allocation at the last reading
+        self._dom0_maxmem_kib = 0  # domain 0's maxmem as Xen has it (engine frame)
+        # Values left out of the arithmetic, each logged once: domid -> why,
+        # and reservation path -> why.
+        self._invalid: dict[int, str] = {}
+        self._bad_reservations: dict[str, str] = {}
+        # The watcher's progress, for begin_operation's barrier.
+        self._watcher: WatcherLike | None = None
+        self._sync = threading.Condition()
+        self._processed_seq = 0
 
     # -- cache -------------------------------------------------------------
 
@@ -141,14 +242,23 @@ class XenHost:
             for domid in [d for d in self._last_cooperative_s if d not in live]:
                 self._last_cooperative_s.pop(domid, None)
                 self._uncooperative.discard(domid)
+            for domid in [d for d in self._invalid if d not in live]:
+                del self._invalid[domid]
 
     # -- watches (run by the daemon's supervised watcher thread) -------------
 
-    def run_watcher(self, watcher: Any, stop: threading.Event) -> None:
+    def run_watcher(
+        self, watcher: WatcherLike, stop: threading.Event,
+        beat: Callable[[], None] | None = None,
+    ) -> None:
         """Keep the cache fresh from xenstore watches until `stop` is set.
 
         Only the tokens are used: any event for a domain re-reads its keys,
-        which also coalesces bursts into one refresh per domain."""
+        which also coalesces bursts into one refresh per domain. `beat` is
+        called every time round (at least every 0.5 s while healthy). Raises
+        if the watcher's reader thread dies: events would stop for ever and
+        the cache go stale, so the supervisor starts a fresh watcher, which
+        re-reads every domain."""
         watched: set[int] = set()
 
         def sync_domains() -> None:
@@ -162,19 +272,27 @@ class XenHost:
                 for k in DOMAIN_KEYS:
                     try:
                         watcher.unwatch(f"{domain_path(domid)}/{k}", f"squeezed:domain-{domid}")
-                    except Exception:  # the watch died with the domain
-                        pass
+                    except XenstoreError as e:  # the watch died with the domain
+                        log.debug("unwatch for gone domain %d: %s", domid, e)
                 watched.discard(domid)
             self.forget_gone(live)
 
         watcher.watch("@introduceDomain", INTRODUCE_TOKEN)
         watcher.watch("@releaseDomain", RELEASE_TOKEN)
         sync_domains()
+        with self._sync:  # a new watcher counts its events from 0
+            self._processed_seq = watcher.drained_seq
         with self._lock:
             self._watching = True
+            self._watcher = watcher
         try:
             while not stop.is_set():
+                if beat is not None:
+                    beat()
+                if not watcher.alive():
+                    raise InternalError("the xenstore watcher's reader thread died")
                 events = watcher.events(0.5)
+                seq = watcher.drained_seq
                 dirty: set[int] = set()
                 resync = False
                 for _path, token in events:
@@ -189,9 +307,54 @@ class XenHost:
                     sync_domains()
                 for domid in dirty & watched:
                     self.refresh_domain(domid)
+                with self._sync:
+                    self._processed_seq = seq
+                    self._sync.notify_all()
         finally:
             with self._lock:
                 self._watching = False
+                self._watcher = None
+            with self._sync:
+                self._sync.notify_all()
+
+    @_xenstore_failures
+    def begin_operation(self) -> None:
+        """Make this operation see every xenstore write made before it (e.g.
+        xenopsd's dynamic-max write just before balance_memory): a round trip
+        on the watch connection proves every earlier event has been sent to
+        us; then wait until the watcher thread has applied them. If it cannot
+        (watch connection down, watcher behind), read every domain afresh."""
+        with self._lock:
+            watcher = self._watcher if self._watching else None
+        if watcher is None:
+            return  # no watcher: every read goes to xenstore anyway
+        try:
+            target = watcher.barrier(BARRIER_TIMEOUT_S)
+        except XenstoreError as e:
+            log.warning("xenstore watch connection unusable (%s); reading every domain afresh", e)
+            self._refresh_all()
+            return
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        watching = True
+        with self._sync:
+            while self._processed_seq < target:
+                left = deadline - time.monotonic()
+                with self._lock:
+                    watching = self._watching
+                if left <= 0 or not watching:
+                    break
+                self._sync.wait(min(left, 0.5))
+            caught_up = self._processed_seq >= target
+        if not caught_up:
+            log.warning("xenstore watcher is %s; reading every domain afresh",
+                        "behind" if watching else "not running")
+            self._refresh_all()
+
+    def _refresh_all(self) -> None:
+        with self._lock:
+            domids = list(self._cache)
+        for domid in domids:
+            self.refresh_domain(domid)
 
     # -- HostIO --------------------------------------------------------------
 
@@ -206,55 +369,92 @@ class XenHost:
         """Make every running and future wait() raise (daemon shutdown)."""
         self._stop.set()
 
-    def _domain_type(self, keys: dict[str, str | None], hvm: bool) -> str:
+    @staticmethod
+    def _domain_type(keys: dict[str, str | None], hvm: bool) -> str:
         t = keys.get("domain-type")
         if t in ("hvm", "pv", "pv-in-pvh", "pvh"):
             return t
         return "hvm" if hvm else "pv"  # upgrade case: key not written yet
 
-    def _wait_for_scrubber(self) -> Any:
-        deadline = self._clock() + MAX_SCRUB_WAIT_S
+    def _wait_for_scrubber(self) -> PhysInfo:
+        """Upstream waits while the scrubber holds SCRUB_WAIT_PAGES pages or
+        more, so that the domain builder finds pages it can use at once; we
+        wait too, but at most MAX_SCRUB_WAIT_S, and say so when we give up."""
         phys = self.xc.physinfo()
-        # Wait for the scrubber rather than squeeze guests because it is slow.
-        while phys.scrub_pages * PAGE_KIB >= 1024 and self._clock() < deadline:
+        if phys.scrub_pages < SCRUB_WAIT_PAGES:
+            return phys
+        deadline = self._clock() + MAX_SCRUB_WAIT_S
+        while phys.scrub_pages >= SCRUB_WAIT_PAGES:
+            if self._clock() >= deadline:
+                log.warning("the scrubber still has %d pages to scrub after %.0f s; "
+                            "going on without waiting for it", phys.scrub_pages, MAX_SCRUB_WAIT_S)
+                break
             self.wait(0.25)
             phys = self.xc.physinfo()
         return phys
 
+    @_xenstore_failures
     def snapshot(self) -> Host:
         """The host for an operation: waits for the scrubber, calibrates new
         domains' offsets, keeps the uncooperative flags and lowers maxmem."""
         phys_before = self._wait_for_scrubber()
         host, all_domids = self._read_host(calibrate=True, phys_before=phys_before)
         self._update_cooperative(host, all_domids)
+        host = self._with_flags(host)
         for d in host.domains:
-            if d.can_balloon and d.domid != 0 and d.memory_max_kib > d.target_kib:
+            maxmem_kib = self._dom0_maxmem_kib if d.domid == 0 else d.memory_max_kib
+            if d.can_balloon and maxmem_kib > d.target_kib:
                 self.set_maxmem(d.domid, d.target_kib)  # always safe to lower
         return host
 
+    @_xenstore_failures
     def observe(self) -> Host:
         """The host for queries and diagnostics: no waiting, no writes, so
         it can run beside an operation without disturbing it."""
-        return self._read_host(calibrate=False)[0]
+        return self._with_flags(self._read_host(calibrate=False)[0])
 
-    def _read_host(self, calibrate: bool, phys_before: Any = None) -> tuple[Host, set[int]]:
+    def _with_flags(self, host: Host) -> Host:
+        with self._lock:
+            flagged = set(self._uncooperative)
+        if not flagged:
+            return host
+        return dataclasses.replace(host, domains=tuple(
+            dataclasses.replace(d, uncooperative=True) if d.domid in flagged else d
+            for d in host.domains
+        ))
+
+    def _read_host(self, calibrate: bool, phys_before: PhysInfo | None = None
+                   ) -> tuple[Host, set[int]]:
         with self._accounting:
             return self._read_host_locked(calibrate, phys_before)
 
-    def _read_host_locked(self, calibrate: bool, phys_before: Any) -> tuple[Host, set[int]]:
+    def _read_host_locked(self, calibrate: bool, phys_before: PhysInfo | None
+                          ) -> tuple[Host, set[int]]:
         # Pages freed between reading the domains and the host would count
         # twice (in tot_pages and as free): take the smaller of a reading
         # before the domain list (the scrubber check's, if any) and one after.
         if phys_before is None:
             phys_before = self.xc.physinfo()
+        total_kib = phys_before.total_pages * PAGE_KIB
         infos = self.xc.domain_list()
         all_domids = {di.domid for di in infos}
         reserved_kib = 0
         domains: list[Domain] = []
+        tot_kib: dict[int, int] = {}
+        left_alone: set[int] = set()
+        # Dying domains are read like any other, as upstream does: once their
+        # xenstore directory is gone they drop out for lack of keys.
         for di in infos:
-            if di.dying or (di.domid == 0 and not self.manage_domain_zero):
+            tot_kib[di.domid] = di.tot_pages * PAGE_KIB
+            if di.domid == 0 and not self.manage_domain_zero:
                 continue
-            d, unaccounted_kib = self._domain(di, calibrate)
+            try:
+                d, unaccounted_kib = self._domain(di, calibrate, total_kib)
+            except _Invalid as e:
+                self._flag_invalid(di.domid, str(e))
+                left_alone.add(di.domid)
+                continue
+            self._flag_invalid(di.domid, None)
             if d is not None:
                 domains.append(d)
                 reserved_kib += unaccounted_kib
@@ -263,9 +463,16 @@ class XenHost:
             phys = phys_before
         free_kib = phys.free_pages * PAGE_KIB
         scrub_kib = phys.scrub_pages * PAGE_KIB
-        for r in self.reservations():
-            if r.in_transfer_domid is None or r.in_transfer_domid not in all_domids:
+        for r in self._reservations(total_kib):
+            # A reservation transferred to a domain left alone for bad values
+            # cannot count through that domain: it counts here instead.
+            if (r.in_transfer_domid is None or r.in_transfer_domid not in all_domids
+                    or r.in_transfer_domid in left_alone):
                 reserved_kib += r.kib
+        with self._lock:
+            self._tot_kib = tot_kib
+            for domid in [d for d in self._invalid if d not in all_domids]:
+                del self._invalid[domid]
         self._last_reserved_kib = reserved_kib
         self._last_phys = (free_kib, scrub_kib, phys.total_pages * PAGE_KIB)
         host = Host(
@@ -275,7 +482,23 @@ class XenHost:
         )
         return host, all_domids
 
-    def _domain(self, di: Any, calibrate: bool) -> tuple[Domain | None, int]:
+    def _flag_invalid(self, domid: int, why: str | None) -> None:
+        """Remember (and log once) a domain left alone for bad values."""
+        with self._lock:
+            before = self._invalid.get(domid)
+            if why is None:
+                self._invalid.pop(domid, None)
+            else:
+                self._invalid[domid] = why
+        if why is not None and why != before:
+            log.warning("domain %d left alone (not ballooned, not counted on): %s", domid, why)
+        elif why is None and before is not None:
+            log.info("domain %d: memory values valid again; balancing it", domid)
+
+    def _domain(self, di: DomainInfo, calibrate: bool, total_kib: int) -> tuple[Domain | None, int]:
+        """The engine's view of one domain and the part of its initial
+        reservation not allocated yet; (None, 0) for a domain upstream skips.
+        Raises _Invalid for values outside what the host could hold."""
         keys = self._keys(di.domid)
         dtype = self._domain_type(keys, di.hvm)
         with self._lock:
@@ -288,44 +511,58 @@ class XenHost:
         if not booted:
             # Pinned until it boots; the part of its initial reservation not
             # yet allocated (shadow memory aside) stays reserved.
+            # Read fresh, not from the cache: a transfer may have just written it.
+            initial_kib = _checked(
+                {"memory/initial-reservation":
+                 self.xs.read(f"{domain_path(di.domid)}/memory/initial-reservation")},
+                "memory/initial-reservation", 0, total_kib)
+            if initial_kib is None:
+                return None, 0  # as upstream: not ours until its reservation is transferred
             shadow_kib = 0
             if dtype != "pv":
                 try:
                     shadow_kib = self.xc.shadow_allocation_mib(di.domid) * 1024
-                except Exception:
-                    shadow_kib = 0
-            # Read fresh, not from the cache: a transfer may have just written it.
-            initial_kib = _int(self.xs.read(f"{domain_path(di.domid)}/memory/initial-reservation"))
-            initial_kib = initial_kib or 0
+                except XenCtrlError as e:  # destroyed meanwhile, or no shadow pool
+                    log.debug("shadow allocation of domain %d: %s", di.domid, e)
             unaccounted_kib = max(0, initial_kib - actual_raw_kib - shadow_kib)
             pinned_kib = max(0, maxmem_raw_kib - overhead_kib)
             return Domain(
                 di.domid, False, pinned_kib, pinned_kib, pinned_kib, pinned_kib, pinned_kib
             ), unaccounted_kib
-        target_kib = _int(keys.get("memory/target"))
+        target_kib = _checked(keys, "memory/target", 0, total_kib)
         if target_kib is None:
             return None, 0
-        offset_kib = _int(keys.get("memory/memory-offset"))
+        offset_kib = _checked(keys, "memory/memory-offset", -total_kib, total_kib)
         if offset_kib is None:
             if not calibrate:
                 return None, 0  # a query does not calibrate: the next operation will
             offset_kib = self._calibrate_offset(di.domid, target_kib)
             if offset_kib is None:
                 return None, 0
-        dmin_kib = _int(keys.get("memory/dynamic-min"))
-        dmax_kib = _int(keys.get("memory/dynamic-max"))
+        dmin_kib = _checked(keys, "memory/dynamic-min", 0, total_kib)
+        dmax_kib = _checked(keys, "memory/dynamic-max", 0, total_kib)
         if dmin_kib is None or dmax_kib is None:
             dmin_kib = dmax_kib = target_kib  # written separately; not both there yet
+        elif dmin_kib > dmax_kib:
+            raise _Invalid(f"memory/dynamic-min = {dmin_kib} is above "
+                           f"memory/dynamic-max = {dmax_kib}")
+        actual_kib = actual_raw_kib - offset_kib
+        if not 0 <= actual_kib <= total_kib:
+            raise _Invalid(f"memory/memory-offset = {offset_kib} does not fit the domain's "
+                           f"allocation of {actual_raw_kib} KiB")
         maxmem_kib = max(0, maxmem_raw_kib - overhead_kib - offset_kib)
         if di.domid == 0:
-            maxmem_kib = target_kib  # domain 0's maxmem is never ours to change
+            # Domain 0's maxmem is often unlimited: count it as what the
+            # snapshot lowers it to, as for any ballooning domain.
+            self._dom0_maxmem_kib = maxmem_kib
+            maxmem_kib = min(maxmem_kib, max(target_kib, actual_kib))
         return Domain(
             di.domid,
             can_balloon,
             dmin_kib,
             target_kib,
             dmax_kib,
-            actual_raw_kib - offset_kib,
+            actual_kib,
             maxmem_kib,
         ), 0
 
@@ -338,7 +575,7 @@ class XenHost:
         measured_kib = fresh[0].tot_pages * PAGE_KIB - target_kib
         base = domain_path(domid)
 
-        def txn(t: Any) -> int | None:
+        def txn(t: Transaction) -> int | None:
             # Once only: if an offset is there already (our cache was stale), keep it.
             if t.read(base) is None:
                 return None
@@ -348,11 +585,10 @@ class XenHost:
             t.write(f"{base}/memory/memory-offset", str(measured_kib))
             return measured_kib
 
-        try:
+        try:  # a domain destroyed meanwhile is seen inside (no directory): None
             offset_kib = self.xs.transaction(txn)
-        except Exception as e:  # destroyed meanwhile
-            log.debug("calibrating domain %d skipped: %s", domid, e)
-            return None
+        except XenstoreError as e:
+            raise self._write_failed(f"{base}/memory/memory-offset", str(measured_kib), e) from e
         if offset_kib is not None:
             log.info("domain %d booted; memory-offset = %d KiB", domid, offset_kib)
             self._set_cached(domid, "memory/memory-offset", str(offset_kib))
@@ -364,13 +600,17 @@ class XenHost:
         clear: list[int] = []
         with self._lock:
             for d in host.domains:
-                if d.domid not in self._last_cooperative_s:
-                    # First sight (also after a restart): trust xenstore's flag.
+                if not d.can_balloon or d.hit_target:
+                    self._last_cooperative_s[d.domid] = now
+                elif d.domid not in self._last_cooperative_s:
+                    # First sight (also after a restart): trust xenstore's flag
+                    # until the domain reaches its target.
                     c = self._cache.get(d.domid)
                     if c is not None and c.keys.get("memory/uncooperative") is not None:
                         self._uncooperative.add(d.domid)
-                if d.domid not in self._last_cooperative_s or not d.can_balloon or d.hit_target:
-                    self._last_cooperative_s[d.domid] = now
+                        self._last_cooperative_s[d.domid] = float("-inf")
+                    else:
+                        self._last_cooperative_s[d.domid] = now
             for domid, last in list(self._last_cooperative_s.items()):
                 if domid not in all_domids:
                     self._last_cooperative_s.pop(domid, None)
@@ -391,12 +631,21 @@ class XenHost:
             log.info("domain %d cooperates again", domid)
             self._rm_domain_key(domid, "memory/uncooperative")
 
+    @staticmethod
+    def _write_failed(what: str, value: str, e: Exception) -> InternalError:
+        """A write squeezed cannot do (refused, quota, xenstored gone): never
+        blamed on the guest, never taken as done."""
+        log.error("xenstore write %s = %s failed: %s", what, value, e)
+        return InternalError(f"xenstore write {what} = {value} failed: {e}")
+
     def _write_domain_key(self, domid: int, key: str, value: str) -> bool:
         """Write only if the domain still exists in xenstore: a write to a
-        just-destroyed domain must not resurrect its directory."""
+        just-destroyed domain must not resurrect its directory. False if it
+        is gone (expected: logged at INFO); any other failure raises
+        Internal_error."""
         base = domain_path(domid)
 
-        def txn(t: Any) -> bool:
+        def txn(t: Transaction) -> bool:
             if t.read(base) is None:
                 return False
             t.write(f"{base}/{key}", value)
@@ -404,68 +653,111 @@ class XenHost:
 
         try:
             done = self.xs.transaction(txn)
-        except Exception as e:  # the domain went away under us: harmless
-            log.debug("write %s/%s skipped: %s", base, key, e)
-            return False
+        except XenstoreError as e:
+            raise self._write_failed(f"{base}/{key}", value, e) from e
         if done:
             self._set_cached(domid, key, value)
+        else:
+            log.info("domain %d is gone: %s not written", domid, key)
         return bool(done)
 
     def _rm_domain_key(self, domid: int, key: str) -> None:
+        path = f"{domain_path(domid)}/{key}"
         try:
-            self.xs.rm(f"{domain_path(domid)}/{key}")
-        except Exception as e:
-            log.debug("rm %s/%s skipped: %s", domain_path(domid), key, e)
+            self.xs.rm(path)  # an absent node (or domain) is not an error
+        except XenstoreError as e:
+            raise self._write_failed(path, "(removed)", e) from e
         self._set_cached(domid, key, None)
 
     def set_target(self, domid: int, target_kib: int) -> None:
         if target_kib < 0:
             log.error("refusing negative target %d for domain %d", target_kib, domid)
-            return
+            raise InternalError(f"refusing negative target {target_kib} KiB for domain {domid}")
         self._write_domain_key(domid, "memory/target", str(target_kib))
 
     def set_maxmem(self, domid: int, maxmem_kib: int) -> None:
-        if domid == 0:
+        """Set maxmem (in the engine's frame: offset and Xen's overhead are
+        added), never below the domain's allocation at the last reading: a
+        guest that has not yet freed what it was asked keeps what it has
+        rather than meet a ceiling under its feet. Domain 0's is changed only
+        when squeezed manages domain 0 (as upstream)."""
+        if domid == 0 and not self.manage_domain_zero:
             return
         keys = self._keys(domid)
         offset_kib = _int(keys.get("memory/memory-offset")) or 0
         with self._lock:
             dtype = self._types.get(domid)
-        if dtype is None:  # not seen by a snapshot yet (e.g. a transfer)
+            tot_kib = self._tot_kib.get(domid)
+        if dtype is None or tot_kib is None:  # not seen by a snapshot yet (e.g. a transfer)
             infos = [di for di in self.xc.domain_list() if di.domid == domid]
-            dtype = self._domain_type(keys, bool(infos and infos[0].hvm))
-        kib = maxmem_kib + offset_kib + xen_overhead_kib(dtype)
+            if not infos:
+                log.info("domain %d is gone: maxmem not set", domid)
+                return
+            dtype = dtype or self._domain_type(keys, infos[0].hvm)
+            tot_kib = infos[0].tot_pages * PAGE_KIB
+        kib = max(maxmem_kib + offset_kib + xen_overhead_kib(dtype), tot_kib)
         try:
             self.xc.set_maxmem_kib(domid, kib)
-        except Exception as e:  # destroyed meanwhile: drop it from this round
-            log.debug("setmaxmem %d %d KiB skipped: %s", domid, kib, e)
+        except XenCtrlError as e:
+            if e.errno == errno.ESRCH:
+                log.info("domain %d was destroyed mid-operation: maxmem not set", domid)
+                return
+            log.error("setting maxmem of domain %d to %d KiB failed: %s", domid, kib, e)
+            raise InternalError(f"setting maxmem of domain {domid} to {kib} KiB failed: {e}"
+                                ) from e
+        except ValueError as e:  # out of the hypercall's range
+            log.error("setting maxmem of domain %d to %d KiB refused: %s", domid, kib, e)
+            raise InternalError(f"setting maxmem of domain {domid} to {kib} KiB: {e}") from e
 
     # -- Backend: reservations -------------------------------------------------
 
+    @_xenstore_failures
     def reservations(self) -> list[Reservation]:
+        total_kib = self._last_phys[2] or self.xc.physinfo().total_pages * PAGE_KIB
+        return self._reservations(total_kib)
+
+    def _reservations(self, total_kib: int) -> list[Reservation]:
+        """The table, less entries whose amount is not a KiB count the host
+        could hold (negative, >= 2^63, not an integer, above the host's
+        total): such an entry is never counted, logged once and listed by
+        describe() under invalid_reservations."""
         out: list[Reservation] = []
+        bad: dict[str, str] = {}
         for session in self.xs.directory(STATE_PATH):
             for rid in self.xs.directory(f"{STATE_PATH}/{session}"):
                 base = f"{STATE_PATH}/{session}/{rid}"
-                kib = _int(self.xs.read(base))
-                if kib is None:
+                raw = self.xs.read(base)
+                if raw is None:
+                    continue  # deleted meanwhile
+                kib = _int(raw)
+                if kib is None or not 0 <= kib <= min(total_kib, INT64_MAX):
+                    bad[base] = f"amount {raw[:40]!r} is not a KiB count between 0 and " \
+                                f"the host's {total_kib} KiB"
                     continue
                 domid = _int(self.xs.read(f"{base}/in-transfer"))
                 out.append(Reservation(session, rid, kib, domid))
+        with self._lock:
+            new = {p: why for p, why in bad.items() if self._bad_reservations.get(p) != why}
+            self._bad_reservations = bad
+        for path, why in sorted(new.items()):
+            log.warning("reservation %s ignored: %s", path, why)
         return out
 
+    @_xenstore_failures
     def add_reservation(self, r: Reservation) -> None:
         self.xs.write(f"{STATE_PATH}/{r.session}/{r.reservation_id}", str(r.kib))
 
+    @_xenstore_failures
     def remove_reservation(self, session: str, reservation_id: str) -> None:
         self.xs.rm(f"{STATE_PATH}/{session}/{reservation_id}")
         if not self.xs.directory(f"{STATE_PATH}/{session}"):
             self.xs.rm(f"{STATE_PATH}/{session}")
 
+    @_xenstore_failures
     def transfer_reservation(self, r: Reservation, domid: int) -> None:
         base = domain_path(domid)
 
-        def txn(t: Any) -> None:
+        def txn(t: Transaction) -> None:
             # One transaction: never a moment where it is counted twice or not at all.
             t.write(f"{base}/memory/initial-reservation", str(r.kib))
             t.write(f"{base}/memory/reservation-id", r.reservation_id)
@@ -477,6 +769,7 @@ class XenHost:
             self._set_cached(domid, "memory/reservation-id", r.reservation_id)
         self.set_maxmem(domid, r.kib)  # so the domain builder can allocate it
 
+    @_xenstore_failures
     def domain_reservation_id(self, domid: int) -> str | None:
         return self.xs.read(f"{domain_path(domid)}/memory/reservation-id")
 
@@ -487,6 +780,8 @@ class XenHost:
         free_kib, scrub_kib, total_kib = self._last_phys
         with self._lock:
             uncooperative = sorted(self._uncooperative)
+            invalid = dict(sorted(self._invalid.items()))
+            bad = dict(sorted(self._bad_reservations.items()))
             names = {domid: c.keys["name"] for domid, c in self._cache.items()
                      if c.keys.get("name")}
         return {
@@ -495,6 +790,10 @@ class XenHost:
             "xen_total_kib": total_kib,
             "reservations_kib": self._last_reserved_kib,
             "uncooperative_domids": uncooperative,
+            # domid -> why its values were left out of the arithmetic
+            "invalid_domains": invalid,
+            # /squeezed/state path -> why the entry is not counted
+            "invalid_reservations": bad,
             "domain_names": names,
             # error counts for metrics, if the clients keep them (fakes may not)
             "xenstore_errors": dict(getattr(self.xs, "errors", {})),
@@ -533,9 +832,12 @@ class XenHost:
         if dynamic_max_bytes is not None:
             dmax_kib = kib_of_bytes(dynamic_max_bytes)
         else:  # "auto": keep what an earlier run chose, else its allocation now
-            dmax_kib = _int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max")) or (
-                self.dom0_total_bytes() // 1024
-            )
+            earlier_kib = _int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
+            total_kib = self.xc.physinfo().total_pages * PAGE_KIB
+            if earlier_kib is not None and 0 < earlier_kib <= total_kib:
+                dmax_kib = earlier_kib
+            else:  # none yet, or not a value the host could hold
+                dmax_kib = self.dom0_total_bytes() // 1024
         self._write_domain_key(0, "memory/dynamic-max", str(dmax_kib))
         if self.xs.read(f"{domain_path(0)}/memory/target") is None:
             self._write_domain_key(0, "memory/target", str(dmax_kib))

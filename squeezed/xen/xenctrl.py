@@ -335,6 +335,10 @@ def _vmessage(_logger: Any, level: int, errnoval: int, context: Any, fmt: Any, a
         if errnoval >= 0:
             text = f"{text}: {os.strerror(errnoval)}"
         py_level = _XTL_TO_LOGGING[level] if 0 <= level < len(_XTL_TO_LOGGING) else logging.ERROR
+        if errnoval == errno_mod.ESRCH:
+            # "no such domain": a domain destroyed under us, which is expected
+            # (the caller decides whether it matters), not an error to report.
+            py_level = min(py_level, logging.INFO)
         log.log(py_level, "%s", text)
     except Exception:  # an exception must never unwind into C
         pass

@@ -279,6 +279,10 @@ class XenstoreClient(_Ops):
 
     # lifecycle
 
+    def set_reconnect_timeout(self, seconds: float | None) -> None:
+        """How long a request keeps trying to (re)connect; 0 fails at once."""
+        self._reconnect_timeout_s = seconds
+
     def connect(self) -> None:
         """Connect now (normally done by the first request); raises if impossible."""
         with self._lock:
@@ -552,6 +556,8 @@ class Watcher:
         self._waiters: dict[int, _Waiter] = {}
         self._req_ids = itertools.count(1)
         self._reconnects = 0
+        self._seq = 0  # events pushed so far (coalesced ones too)
+        self.drained_seq = 0  # _seq as of the last events() drain
         self._thread = threading.Thread(target=self._run, name="xenstore-watcher", daemon=True)
         self._thread.start()
 
@@ -599,7 +605,23 @@ class Watcher:
         """Wait until at least one event is queued (or timeout/close), then take them all."""
         with self._cond:
             self._cond.wait_for(lambda: len(self._queue) or self._closed.is_set(), timeout_s)
+            self.drained_seq = self._seq
             return self._queue.drain()
+
+    def barrier(self, timeout_s: float = 5.0) -> int:
+        """A round trip on the watch connection. xenstored sends a connection's
+        watch events and replies in order, so once the reply is in, every event
+        caused by a change made before this call has been queued. Returns the
+        sequence number of the last queued event: the owner has seen them all
+        once an events() drain reports `drained_seq` >= it. Raises
+        XenstoreConnectionError when the connection is down."""
+        self._request(Op.GET_DOMAIN_PATH, join_strings(["0"]), None, timeout_s)
+        with self._cond:
+            return self._seq
+
+    def alive(self) -> bool:
+        """False once the reader thread has died (other than by close())."""
+        return self._thread.is_alive() or self._closed.is_set()
 
     def pending(self) -> int:
         with self._cond:
@@ -630,11 +652,14 @@ class Watcher:
 
     # requests, answered by the reader thread
 
-    def _request(self, op: Op, payload: bytes, path: str | None) -> Packet:
+    def _request(
+        self, op: Op, payload: bytes, path: str | None, timeout_s: float | None = None
+    ) -> Packet:
+        timeout_s = self._timeout_s if timeout_s is None else timeout_s
         with self._cond:
             if (
                 not self._cond.wait_for(
-                    lambda: self._connected or self._closed.is_set(), self._timeout_s
+                    lambda: self._connected or self._closed.is_set(), timeout_s
                 )
                 or not self._connected
             ):
@@ -653,11 +678,11 @@ class Watcher:
             raise XenstoreConnectionError(path, str(e)) from e
         with self._cond:
             done = self._cond.wait_for(
-                lambda: waiter.reply is not None or waiter.error is not None, self._timeout_s
+                lambda: waiter.reply is not None or waiter.error is not None, timeout_s
             )
             self._waiters.pop(req_id, None)
         if not done:
-            raise XenstoreConnectionError(path, f"no reply to {op.name} in {self._timeout_s}s")
+            raise XenstoreConnectionError(path, f"no reply to {op.name} in {timeout_s}s")
         if waiter.error is not None:
             raise XenstoreConnectionError(path, str(waiter.error))
         assert waiter.reply is not None
@@ -675,6 +700,7 @@ class Watcher:
 
     def _enqueue(self, ev: WatchEvent) -> None:
         # Caller holds the condition.
+        self._seq += 1
         self._queue.push(ev, self._watches)
         self._cond.notify_all()
 
