@@ -379,6 +379,8 @@ class MemoryService:
                 for r in st["reservations"]
             ],
             "domains": [{k: d[k] for k in _DOMAIN_STATE_FIELDS} for d in st["domains"]],
+            "left_alone": [{"domid": int(domid), "name": st["names"].get(domid), "reason": why}
+                           for domid, why in sorted(st["invalid"]["domains"].items())],
             "operation": running[-1].public() if running else None,
             "history": [rec.public() for rec in history],
             "counters": counters,
@@ -414,6 +416,7 @@ class MemoryService:
                 for d in host.domains
             ],
             "operation_running": self._op_lock.locked(),
+            "names": names,
             # Left out of the arithmetic by the backend for bad values (issue 11 #1, #2).
             "invalid": {"domains": dict(facts.get("invalid_domains", {})),
                         "reservations": dict(facts.get("invalid_reservations", {}))},

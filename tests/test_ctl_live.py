@@ -62,6 +62,8 @@ def test_counters_after_real_operations(short_tmp, monkeypatch) -> None:
             xs.directory("")  # EINVAL from xenstored
         with pytest.raises(XenCtrlError):
             xc.set_maxmem_kib(77, 1024)  # ESRCH: no such domain
+        target_before = {d["domid"]: d["target_kib"] for d in svc.get_state("t")["domains"]}
+        sim.xenstored.write("/local/domain/1/memory/dynamic-min", "lots")  # bad keys
         st = svc.get_state("t")
         types, v = parse(metrics.exposition(st))
     finally:
@@ -79,9 +81,13 @@ def test_counters_after_real_operations(short_tmp, monkeypatch) -> None:
     assert v[("squeezed_engine_iterations_total", L())] >= 2  # it had to wait for the balloon
     assert v[("squeezed_xenstore_errors_total", L(error="EINVAL"))] == 1
     assert v[("squeezed_hypercall_errors_total", L(call="xc_domain_setmaxmem"))] == 1
-    assert v[("squeezed_domain_target_kib", L(domid=1, name="guest-1"))] < 2 * GIB
+    assert target_before[1] < 2 * GIB  # squeezed
     assert v[("squeezed_host_xen_total_kib", L())] == 256 * MIB + 5 * GIB
     assert v[("squeezed_operation_running", L())] == 0
+    # a domain with unusable xenstore values is left alone, and says why
+    assert [(la["domid"], la["name"]) for la in st["left_alone"]] == [(1, "guest-1")]
+    assert "dynamic-min" in st["left_alone"][0]["reason"]
+    assert v[("squeezed_domain_left_alone", L(domid=1, name="guest-1"))] == 1
 
 
 @pytest.fixture
@@ -344,6 +350,7 @@ def test_backend_facts_become_domain_flags() -> None:
     st = MemoryService(Backend()).get_state("t")  # type: ignore[arg-type]
     assert {d["domid"]: (d["name"], d["flags"]) for d in st["domains"]} == {
         1: (None, ["stuck", "uncooperative"]), 2: (None, ["bad-keys", "stuck"]), 3: ("db", [])}
+    assert st["left_alone"] == [{"domid": 2, "name": None, "reason": "target 'x'"}]
     from squeezed import idl
     from squeezed.rpc.dispatch import marshal
 

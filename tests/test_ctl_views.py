@@ -133,6 +133,17 @@ def test_screen_kinds_of_lines() -> None:
     assert heads == ["squeezed", "operation:", "sort:", "DOMID", "last"]
 
 
+def test_domains_left_alone_for_bad_keys() -> None:
+    s = state(left_alone=[{"domid": 9, "name": "bad", "reason": "memory/target 'x'"}])
+    rows = [(line, kind) for line, kind in top.frame(s, width=160, now_s=0)
+            if line.startswith("    9")]
+    assert rows == [(rows[0][0], "alarm")]
+    assert rows[0][0].split()[1:3] == ["bad", "-"] and rows[0][0].endswith(
+        "bad-keys       left alone: memory/target 'x'")
+    _, v = parse(metrics.exposition(s))
+    assert v[("squeezed_domain_left_alone", L(domid=9, name="bad"))] == 1
+
+
 def test_frame_without_an_operation_or_xen_figures() -> None:
     s = state(operation=None, history=[])
     s["host"] = {"free_kib": 2 * GIB, "reserved_kib": 0}

@@ -100,6 +100,10 @@ def exposition(state: dict[str, Any]) -> str:
     w.family("squeezed_domain_flag", "gauge",
              "1 for each flag the daemon has set on a domain.",
              [("", {**dlabels(d), "flag": f}, 1) for d in domains for f in d.get("flags") or []])
+    w.family("squeezed_domain_left_alone", "gauge",
+             "1 for a domain neither ballooned nor counted on: its xenstore memory values "
+             "are unusable.",
+             [("", dlabels(la), 1) for la in state.get("left_alone") or []])
     w.family("squeezed_operation_running", "gauge",
              "1 while a squeezing operation runs.",
              [("", {}, state.get("operation") is not None)])

@@ -245,6 +245,11 @@ def frame(
                f"{move:<10} {fl:<14}")
         rows.append(((row + " " + domain_bar(d, scale, max(0, width - len(row) - 1))).rstrip(),
                      kind))
+    for la in state.get("left_alone") or []:  # no usable figures: only why
+        name = (la.get("name") or "-")[:name_w]
+        dashes = " ".join(f"{'-':>6}" for _ in range(5))
+        rows.append((f"{la['domid']:>5} {name:<{name_w}} {dashes} {'?':<10} {'bad-keys':<14} "
+                     f"left alone: {la['reason']}", "alarm"))
     history = list(reversed(state.get("history") or []))
     history = [r for r in history if r["outcome"] != "running"]
     tail_head = ["", "last operations:"]
