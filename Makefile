@@ -61,6 +61,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV) bench/bench_engine.py
 	$(VENV) bench/bench_stack.py
+	$(VENV) bench/bench_switch.py
 
 test-xen: $(STAMP)
 	SQUEEZED_TEST_XEN=1 $(VENV) -m pytest -m xen tests/xen

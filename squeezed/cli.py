@@ -26,6 +26,8 @@ from squeezed import idl
 from squeezed.errors import MemoryError_
 from squeezed.rpc.client import ConnectionFailed, MemoryClient, NoReply, ProtocolError
 from squeezed.rpc.dispatch import INT64_MAX, INT64_MIN, INT_MAX, INT_MIN, TypeMismatch, unmarshal
+from squeezed.switch.client import SwitchMemoryClient
+from squeezed.switch.protocol import DEFAULT_SWITCH_PATH
 
 EXIT_OK, EXIT_SERVICE, EXIT_USAGE, EXIT_CONNECT, EXIT_NO_REPLY = 0, 1, 2, 3, 4
 IMPLICIT = ("dbg", "session_id")  # filled from global options
@@ -72,6 +74,11 @@ def build_parser(iface: idl.Interface) -> argparse.ArgumentParser:
         f"{iface.sockets['xmlrpc']}, or {iface.sockets['jsonrpc']} with --protocol json)",
     )
     ap.add_argument("--protocol", choices=("xmlrpc", "json"), default="xmlrpc", help="wire dialect")
+    ap.add_argument(
+        "--switch", nargs="?", const=DEFAULT_SWITCH_PATH, metavar="PATH",
+        help="call through message-switch's queue org.xen.xapi.memory as xenopsd and xapi do "
+        f"(JSON-RPC; PATH defaults to {DEFAULT_SWITCH_PATH}) instead of a socket",
+    )
     ap.add_argument(
         "--session",
         default=iface.default_session,
@@ -227,20 +234,27 @@ def main(
         return EXIT_USAGE
     key = "xmlrpc" if args.protocol == "xmlrpc" else "jsonrpc"
     path = args.socket or os.environ.get("SQUEEZED_SOCKET") or iface.sockets[key]
-    client = MemoryClient(path, args.protocol, timeout=args.timeout, user_agent="squeezectl")
+    client: MemoryClient | SwitchMemoryClient
+    if args.switch:
+        path = args.switch
+        client = SwitchMemoryClient(path, timeout=args.timeout)
+    else:
+        client = MemoryClient(path, args.protocol, timeout=args.timeout, user_agent="squeezectl")
     if getattr(args, "view", None) is not None:  # top, metrics, record: any transport
         with client:
             return int(args.view(args, client, path, out, err))
     m = iface.method(args.method)
     try:
-        wire = client.call(m.name, *_params(m, args))
+        with client:
+            wire = client.call(m.name, *_params(m, args))
         value = unmarshal(iface, m.result, wire)
     except NoReply:
         print(f"squeezectl: {m.name}: no reply from {path} within {args.timeout:g} s; the call "
               "may still complete (check `squeezectl state`)", file=err)
         return EXIT_NO_REPLY
     except ConnectionFailed as e:
-        print(f"squeezectl: cannot connect to {path}: {e.reason}. Is squeezed running?", file=err)
+        what = "message-switch" if args.switch else "squeezed"
+        print(f"squeezectl: cannot connect to {path}: {e.reason}. Is {what} running?", file=err)
         return EXIT_CONNECT
     except MemoryError_ as e:
         wire_err = e.wire()

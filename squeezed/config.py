@@ -63,6 +63,8 @@ class Config:
     loglevel: str = "info"  # debug | info | warning | error
     socket: str = "/var/xapi/memory"
     json_socket: str = "/var/xapi/memory.json"
+    use_switch: bool = True  # serve the queue org.xen.xapi.memory on message-switch too
+    switch_path: str = "/var/run/message-switch/sock"
     socket_mode: int = 0o600
     socket_group: str = ""  # "" = leave the group unchanged
     xenstored_socket: str = ""  # "" = $XENSTORED_PATH or DEFAULT_XENSTORED_SOCKET
@@ -337,6 +339,13 @@ _KEY_LIST = [
         "Unix socket of the XML-RPC Memory interface.", False),
     Key("json-socket", "json_socket", _abs_path(False), str, "an absolute path",
         "Unix socket of the JSON-RPC Memory interface.", False),
+    Key("use-switch", "use_switch", _parse_bool, _fmt_bool,
+        "a boolean (true/false, yes/no, on/off, 1/0)",
+        "Also serve the Memory interface on the message-switch queue org.xen.xapi.memory, "
+        "the way xenopsd and xapi call it by default (the sockets are served either way).",
+        False, boolean=True),
+    Key("switch-path", "switch_path", _abs_path(False), str, "an absolute path",
+        "Unix socket of the message-switch.", False),
     Key("socket-mode", "socket_mode", _octal_mode, lambda v: f"{v:04o}",
         "an octal permission mode such as 0600, at most 0777",
         "Permissions of both sockets.", False),
@@ -386,13 +395,11 @@ _KEY_LIST = [
 KEYS: dict[str, Key] = {k.name: k for k in _KEY_LIST}
 RELOADABLE_KEYS: frozenset[str] = frozenset(k.name for k in _KEY_LIST if k.reloadable)
 
-# Upstream xcp_service options that mean nothing here (no message switch, no inventory,
+# Upstream xcp_service options that mean nothing here (no inventory,
 # OCaml-specific tuning). Upstream's shipped squeezed.conf sets disable-logging-for.
 IGNORED_UPSTREAM_KEYS = frozenset(
     {
         "disable-logging-for",
-        "use-switch",
-        "switch-path",
         "search-path",
         "inventory",
         "timeslice",

@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -105,6 +106,8 @@ class Daemon:
         self.host: Any = None
         self.service: MemoryService | None = None
         self.servers: list[Any] = []
+        self.switch: Any = None  # the message-switch queue server, with use-switch
+        self.sim_switch: Any = None
         self.initial: InitialFreeMemory | None = None
         self.ready = False
         self.owns_run_dir = False
@@ -217,6 +220,9 @@ class Daemon:
         self.sup.spawn("xenstore-watcher", self._watcher)
         self.sup.spawn("balancer", self._balancer)
         self.sup.spawn("metrics-textfile", self._metrics_textfile)
+        # The queue is served once the host is read: until then requests wait
+        # in the switch rather than fail.
+        self._start_switch()
 
     def _start_servers(self) -> None:
         from squeezed.rpc.dispatch import Dispatcher
@@ -237,6 +243,52 @@ class Daemon:
             except (OSError, KeyError) as e:  # KeyError: no such socket-group
                 raise StartupError(f"cannot listen on {path}: {e}") from None
             self.servers.append(server)
+
+    def _start_switch(self) -> None:
+        """Serve the queue on message-switch, beside the sockets (use-switch)."""
+        if not self.cfg.use_switch:
+            return
+        from squeezed.rpc.dispatch import Dispatcher
+        from squeezed.rpc.server import _JsonCodec
+        from squeezed.switch.exactly_once import ExactlyOnce, RecordStoreError, XenstoreRecords
+        from squeezed.switch.server import SwitchServer
+
+        assert self.service is not None
+        path = self._path("switch-path", "switch")
+        if self.opts.simulate is not None and not self._explicit("switch-path"):
+            from squeezed.sim.switch import SimulatedSwitch
+
+            self.sim_switch = SimulatedSwitch(path).start()
+        # Test hook: block a request for ever at this point (before-record, before-reply),
+        # so that a test can kill squeezed there.
+        hold_at = os.environ.get("SQUEEZED_TEST_HOLD_SWITCH")
+
+        def hold(point: str) -> None:
+            if point == hold_at:
+                log.warning("test hook: holding a request at %s", point)
+                threading.Event().wait()
+
+        once = ExactlyOnce(self.service, XenstoreRecords(self.xs), self.host.reservations,
+                           hold=hold if hold_at else None)
+        codec = _JsonCodec(Dispatcher(once))  # the same dispatcher and codec as json-socket
+        last_prune = [0.0]
+
+        def prune() -> None:
+            now = time.monotonic()
+            if now - last_prune[0] >= 60:
+                last_prune[0] = now
+                try:
+                    dropped = once.prune()
+                except RecordStoreError as e:
+                    log.info("request records not pruned this time: %s", e)
+                    return
+                if dropped:
+                    log.info("dropped %d request records (reservation gone or too old)", dropped)
+
+        self.switch = SwitchServer(
+            path, lambda payload: codec.handle(payload.encode("utf-8")).decode("utf-8"),
+            heartbeats=self.sup.heartbeats, on_idle=prune, hold=hold if hold_at else None)
+        self.sup.spawn("message-switch", self.switch.run)
 
     def _balancer(self, stop: threading.Event) -> None:
         assert self.service is not None
@@ -393,6 +445,11 @@ class Daemon:
             print(f"squeezed: simulated Xen host in {self.run_dir}; XML-RPC on {sock}\n"
                   f"  try: {ctl_cmd} --socket {sock} top   (diagnostics, state, reserve-range ...)",
                   file=sys.stderr, flush=True)
+            if self.switch is not None:
+                print(f"squeezed: queue org.xen.xapi.memory on the message-switch at "
+                      f"{self.switch.path}\n"
+                      f"  try: {ctl_cmd} --switch {self.switch.path} diagnostics",
+                      file=sys.stderr, flush=True)
         interval = systemd.watchdog_interval_s()
         if interval:
             systemd.Watchdog(interval, self.sup.healthy).start()
@@ -475,6 +532,9 @@ class Daemon:
         systemd.status("shutting down")
         # The operation in flight was abandoned (its waits raise); each server
         # lets requests in progress send their replies before it closes.
+        if self.switch is not None:
+            with contextlib.suppress(Exception):
+                self.switch.shutdown()
         for s in self.servers:
             with contextlib.suppress(Exception):
                 s.shutdown()
@@ -483,6 +543,9 @@ class Daemon:
         if self.xs is not None:
             with contextlib.suppress(Exception):
                 self.xs.close()
+        if self.sim_switch is not None:
+            with contextlib.suppress(Exception):
+                self.sim_switch.stop()
         if self.sim is not None:
             with contextlib.suppress(Exception):
                 self.sim.stop()

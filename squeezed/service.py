@@ -31,6 +31,7 @@ from squeezed.errors import (
     UnknownReservation,
 )
 from squeezed.stats import OperationStats
+from squeezed.switch.exactly_once import new_reservation_id
 
 log = logging.getLogger("squeezed.service")
 
@@ -232,7 +233,7 @@ class MemoryService:
 
     def reserve_memory(self, dbg: str, session_id: str, kib: int) -> str:
         self._check_kib(kib)
-        rid = str(uuid.uuid4())
+        rid = new_reservation_id()  # stable for a redelivered switch request
 
         def run(st: OpStats) -> str:
             ops.reserve(self.backend, self.cfg, kib, st)
@@ -251,7 +252,7 @@ class MemoryService:
         self._check_kib(max_kib)
         if max_kib < min_kib:
             raise InvalidMemoryValue(max_kib)
-        rid = str(uuid.uuid4())
+        rid = new_reservation_id()  # stable for a redelivered switch request
 
         def run(st: OpStats) -> int:
             amount_kib, _ = ops.free_memory_range(self.backend, self.cfg, min_kib, max_kib, st)

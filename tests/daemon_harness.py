@@ -44,6 +44,7 @@ class DaemonProcess:
             self.conf.write_text("# test configuration\n")
         self.log = run_dir / "squeezed.log"
         self.extra = list(extra)
+        self.switch: str | None = None  # a message-switch socket to serve the queue on
         self.proc: subprocess.Popen | None = None
 
     def argv(self) -> list[str]:
@@ -59,6 +60,7 @@ class DaemonProcess:
             "--libxenctrl", str(self.sim.libxenctrl_path),
             "--stuck-after", "0.5", "--uncooperative-after", "1",
             "--balance-check-interval", "0.3",
+            *(["--switch-path", self.switch] if self.switch else ["--use-switch", "false"]),
             *self.extra,
         ]
 

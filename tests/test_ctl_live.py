@@ -355,3 +355,29 @@ def test_backend_facts_become_domain_flags() -> None:
     from squeezed.rpc.dispatch import marshal
 
     marshal(idl.load(), "state", st)  # what the daemon sends is what the IDL says
+
+
+@pytest.mark.slow
+def test_views_through_the_message_switch(short_tmp, sim) -> None:
+    """top and metrics the way xenopsd reaches squeezed: its queue on message-switch."""
+    from squeezed.sim.switch import SimulatedSwitch
+
+    switch = SimulatedSwitch(str(short_tmp / "switch")).start()
+    daemon = DaemonProcess(short_tmp, sim)
+    daemon.switch = switch.path
+    daemon.start()
+    try:
+        wait_for(lambda: "serving queue" in daemon.output(), what="the queue served")
+        r = subprocess.run([*CTL, "--switch", switch.path, "--timeout", "20", "top", "--once"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("squeezed top") and f"  {switch.path}" in r.stdout
+        assert any(line.split()[:2] == ["1", "guest-1"] for line in r.stdout.splitlines())
+        r = subprocess.run([*CTL, "--switch", switch.path, "--timeout", "20", "metrics"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert parse(r.stdout)[1][("squeezed_domain_target_kib", L(domid=2, name="guest-2"))] \
+            == 1 * GIB
+    finally:
+        daemon.stop()
+        switch.stop()

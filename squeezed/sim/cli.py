@@ -4,6 +4,7 @@
     squeezed-sim demo [--json] [--plot FILE.png]     (the built-in demo scenario)
     squeezed-sim plot RECORDING [-o FILE.png]        (draw a `squeezectl record` file)
     squeezed-sim xenstored --socket PATH             (a simulated xenstored)
+    squeezed-sim switch --socket PATH                (a simulated message-switch)
 
 Exit status: 0 every expectation held and the simulated hypervisor saw no
 violation; 1 otherwise; 2 the scenario is malformed (or --plot cannot work).
@@ -120,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         from squeezed.sim.xenstored import main_xenstored  # another module; imported lazily
 
         return main_xenstored(argv[1:])
+    if argv and argv[0] == "switch":
+        sp = argparse.ArgumentParser(prog="squeezed-sim switch",
+                                     description="Run a simulated message-switch.")
+        sp.add_argument("--socket", required=True, help="Unix socket to listen on")
+        from squeezed.sim.switch import serve_forever
+
+        serve_forever(sp.parse_args(argv[1:]).socket)
+        return EXIT_OK
     parser = argparse.ArgumentParser(prog="squeezed-sim", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, help_ in (("run", "run a scenario file"), ("demo", "run the built-in demo")):
@@ -133,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", metavar="FILE.png",
                    help="the picture (default: RECORDING with .png)")
     sub.add_parser("xenstored", help="run a simulated xenstored (see its --help)")
+    sub.add_parser("switch", help="run a simulated message-switch (--socket PATH)")
     args = parser.parse_args(argv)
     if args.cmd == "plot":
         return plot_recording(args.file, args.output)

@@ -2,8 +2,11 @@
 
 Inside dom0: the real daemon (``python -m squeezed.daemon``) on the real
 libxenctrl (cffi) and the real oxenstored socket, three ballooning PV guests
-of different sizes and dynamic ranges, and the Memory interface called over
-the daemon's XML-RPC socket in xenopsd's order. Nothing is simulated.
+of different sizes and dynamic ranges, and the Memory interface called in
+xenopsd's order: xenopsd's calls through message-switch (the queue
+``org.xen.xapi.memory``; message-switch is not packaged for Debian, so squeezed's
+simulated switch, which speaks the real protocol, runs in dom0), the operator's
+queries over the daemon's XML-RPC socket. Nothing else is simulated.
 
 The steps run in order and share one daemon and one set of guests (module
 fixture ``sq``); a step whose premise failed is skipped, not failed again.
@@ -31,7 +34,8 @@ fixture ``sq``); a step whose premise failed is skipped, not failed again.
 
 Every RPC goes through a small agent process in dom0 (the socket is dom0's,
 the test runs on the host): it makes each call with squeezed's own
-``MemoryClient`` (one connection per call, as xenopsd) and reads the
+``SwitchMemoryClient`` (one switch client per process, as xenopsd's) or
+``MemoryClient`` (one connection per call) and reads the
 hypervisor with Xen's *own* Python bindings (``xen.lowlevel.xc``/``xs``), so
 the checks do not trust squeezed's cffi binding. Step timings and the guests'
 memory are printed (shown with -s or on failure) and summarised in the "real
@@ -60,6 +64,12 @@ pytestmark = pytest.mark.xen
 MiB = 1024  # KiB
 RUN = "/run/sqz"  # dom0 tmpfs; the same path inside the /host chroot (rbind)
 SOCK = f"{RUN}/memory"
+SWITCH = f"{RUN}/switch"  # the simulated message-switch, run in dom0
+# xenopsd's calls go through message-switch, as on a stock host (use-switch); the
+# operator's queries (get_state, diagnostics, host figures) through the XML-RPC socket.
+VIA_SWITCH = frozenset({"login", "reserve_memory", "reserve_memory_range",
+                        "transfer_reservation_to_domain", "query_reservation_of_domain",
+                        "delete_reservation", "balance_memory"})
 SPOOL = f"{RUN}/agent"
 RECORDING = f"{RUN}/record.jsonl"
 SESSION = "xenopsd"
@@ -83,6 +93,7 @@ DAEMON_OPTIONS = {
     "--config-dir": f"{RUN}/conf.d",
     "--socket": SOCK,
     "--json-socket": f"{RUN}/memory.json",
+    "--switch-path": SWITCH,
     "--pidfile": f"{RUN}/squeezed.pid",
     "--boot-time-memory-file": f"{RUN}/boot_time_memory",
     "--log": "stderr",
@@ -106,6 +117,7 @@ import json, os, sys, threading, time, traceback
 import xen.lowlevel.xc as XC
 import xen.lowlevel.xs as XS
 from squeezed.rpc.client import MemoryClient
+from squeezed.switch.client import SwitchClient, SwitchMemoryClient
 
 spool = sys.argv[1]
 KEYS = ("memory/target", "memory/dynamic-min", "memory/dynamic-max", "memory/static-max",
@@ -144,14 +156,31 @@ def op_snap(req):
         finally:
             xs.close()
 
+shared = {}  # one switch client per process, as upstream's
+
+def switch_client(path):
+    with lock:
+        if path not in shared:
+            shared[path] = SwitchClient(path, token="xenopsd-agent:%d" % os.getpid())
+        return shared[path]
+
 def op_rpc(req):
-    c = MemoryClient(req["socket"], timeout=req.get("timeout", 300))
     t0 = time.monotonic()
     try:
+        if req.get("transport") == "switch":
+            c = SwitchMemoryClient(req["switch"], timeout=req.get("timeout", 300),
+                                   client=switch_client(req["switch"]))
+        else:
+            c = MemoryClient(req["socket"], timeout=req.get("timeout", 300))
         status, value = c.call_raw(req["method"], *req["params"])
     except Exception as e:
         status, value = "Exception", "%s: %s" % (type(e).__name__, e)
-    return {"t0": t0, "t1": time.monotonic(), "status": status, "value": value}
+        with lock:
+            dead = shared.pop(req.get("switch"), None)  # a lost switch: connect afresh
+        if dead is not None:
+            dead.close()
+    return {"t0": t0, "t1": time.monotonic(), "status": status, "value": value,
+            "transport": req.get("transport", "socket")}
 
 def op_wait_xs(req):
     xs = XS.xs()
@@ -210,6 +239,7 @@ class Agent:
         self.pid = pid
         self._seq = itertools.count(1)
         self._read: list[str] = []  # answer files to delete with the next request
+        self.calls: dict[str, int] = {}  # RPCs made per transport
 
     def _send(self, op: str, kw: dict) -> tuple[str, str]:
         """(n, shell text that files request n); also drops answers already read."""
@@ -276,19 +306,26 @@ class Agent:
         n, cmd = self._send(op, kw)
         return self.result(n, timeout_s, _first=cmd)
 
-    def rpc(self, method: str, *params, timeout_s: float = 120) -> dict:
-        """{"status": "Success"|"Failure"|"Exception", "value", "t0", "t1"} (dom0 clock)."""
+    def rpc(self, method: str, *params, timeout_s: float = 120,
+            transport: str | None = None) -> dict:
+        """{"status": "Success"|"Failure"|"Exception", "value", "t0", "t1"} (dom0 clock).
+        xenopsd's calls go through message-switch unless `transport` says otherwise."""
+        if transport is None:
+            transport = "switch" if method in VIA_SWITCH else "socket"
+        self.calls[transport] = self.calls.get(transport, 0) + 1
         return self.call(
             "rpc",
             timeout_s=timeout_s + 10,
             socket=SOCK,
+            switch=SWITCH,
+            transport=transport,
             method=method,
             params=list(params),
             timeout=timeout_s,
         )
 
-    def rpc_ok(self, method: str, *params, timeout_s: float = 120):
-        r = self.rpc(method, *params, timeout_s=timeout_s)
+    def rpc_ok(self, method: str, *params, timeout_s: float = 120, transport: str | None = None):
+        r = self.rpc(method, *params, timeout_s=timeout_s, transport=transport)
         assert r["status"] == "Success", f"{method}{params} -> {r['status']} {r['value']!r}"
         return r["value"]
 
@@ -304,6 +341,7 @@ class Scenario:
         self.project_dir = project_dir
         self.report = report
         self.agent: Agent | None = None
+        self.switch_pid: int | None = None
         self.daemon_pid: int | None = None
         self.recorder_pid: int | None = None
         self.daemon_logs: list[str] = []
@@ -474,9 +512,12 @@ class Scenario:
             if "DEAD" in out or time.monotonic() - t0 > timeout_s:
                 raise AssertionError("squeezed did not start:\n" + self.vm.run(f"cat {log}")[1])
             time.sleep(0.5)
-        # ...and answers on its socket.
+        # ...and answers on its socket, and on its queue on the message-switch.
         r = self.agent.rpc("get_state", "sqz-test-ready", timeout_s=30)
         assert r["status"] == "Success", r
+        r = self.agent.rpc("get_host_reserved_memory", "sqz-test-ready", timeout_s=30,
+                           transport="switch")
+        assert r["status"] == "Success", (r, self.vm.run(f"tail -20 {log}")[1])
 
     def daemon_alive(self) -> bool:
         if self.daemon_pid is None:
@@ -517,6 +558,9 @@ def sq(xen_vm: XenVM, project_dir: Path, xen_report, request: pytest.FixtureRequ
     failed_before = request.session.testsfailed
     vm.run_ok(f"rm -rf {RUN}; mkdir -p {RUN}/conf.d {SPOOL}")
     vm.run_ok(f"cat > {RUN}/agent.py <<'SQZ_AGENT_EOF'\n{AGENT}\nSQZ_AGENT_EOF")
+    # message-switch is not packaged for Debian: the simulated one, real protocol
+    s.switch_pid = vm.spawn(s.py(["-m", "squeezed.sim.cli", "switch", "--socket", SWITCH]),
+                            log=f"{RUN}/switch.log")
     pid = vm.spawn(s.py([f"{RUN}/agent.py", SPOOL]), log=f"{RUN}/agent.log")
     s.agent = Agent(vm, pid)
     try:
@@ -564,7 +608,11 @@ def _teardown(s: Scenario) -> None:
                 vm.run(f"kill -KILL {s.daemon_pid}")
             s.say(f"teardown: squeezed stopped by SIGTERM in {time.monotonic() - t0:.1f} s")
         if s.agent is not None:
+            s.say("RPCs per transport: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(s.agent.calls.items())))
             vm.run(f"kill {s.agent.pid}")
+        if s.switch_pid is not None:
+            vm.run(f"kill {s.switch_pid}")
         names = " ".join([*GUESTS, NEW_GUEST])
         vm.run(f"for n in {names}; do xl destroy $n 2>/dev/null; done", timeout_s=180)
         # Into the console log (kept when something failed).
