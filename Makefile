@@ -34,7 +34,7 @@ PKG_FILES   = $(shell find squeezed -name __pycache__ -prune -o \( -type f -o -t
                 \( -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.toml' \
                    -o -name '*.json' -o -name py.typed \) -print)
 
-.PHONY: help test run lint bench test-xen docs install uninstall
+.PHONY: help test run lint bench test-xen docs install uninstall mutation
 
 help:
 	@echo "make test       run the test suite (./dev test)"
@@ -43,6 +43,7 @@ help:
 	@echo "make bench      engine benchmark"
 	@echo "make test-xen   tests against real Xen under QEMU"
 	@echo "make docs       regenerate docs/api.md from the IDL"
+	@echo "make mutation   mutation testing of the engine, service and codecs (slow)"
 	@echo "make install    install (PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) PYTHON=$(PYTHON))"
 	@echo "make uninstall  remove what make install installed"
 
@@ -65,6 +66,12 @@ bench: $(STAMP)
 
 test-xen: $(STAMP)
 	SQUEEZED_TEST_XEN=1 $(VENV) -m pytest -m xen tests/xen
+
+# mutmut over the engine, service.py and the two codecs, each with its covering tests
+# (tools/mutation.py; copies of the tree in $(MUTATION_DIR)). Results: docs/testing.md.
+MUTATION_DIR ?= /tmp/squeezed-mutation
+mutation: $(STAMP)
+	MUTATION_DIR=$(MUTATION_DIR) $(VENV) tools/mutation.py $(GROUPS)
 
 # Through a temporary file, so that a failure does not leave an empty docs/api.md.
 # squeezectl's bash completion is generated from its parser (so from the IDL) too.

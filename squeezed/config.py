@@ -59,7 +59,7 @@ class Config:
     boot_time_memory_file: str = "/var/run/nonpersistent/xapi/boot_time_memory"
     pidfile: str = "/var/run/squeezed.pid"  # "" = write no pidfile
     log: str = "syslog"  # "syslog", "syslog:FACILITY" or "stderr"
-    log_facility: str = "daemon"
+    log_facility: str = "local5"  # upstream's (squeezed.ml)
     loglevel: str = "info"  # debug | info | warning | error
     socket: str = "/var/xapi/memory"
     json_socket: str = "/var/xapi/memory.json"
@@ -517,13 +517,33 @@ class _Argv(NamedTuple):
     warnings: list[str]
 
 
+_FLAGS = ("daemon", "print-config", "version", "help")
+_OPTION_NAMES = frozenset(_FLAGS) | {"simulate", "config", "config-dir"}
+
+
+def _long_form(word: str) -> str:
+    """Upstream's single-dash spelling (OCaml Arg: -config FILE, -pidfile P,
+    -key value, -key=value) as ours; anything else unchanged."""
+    if word == "-h":
+        return "--help"
+    if word.startswith("-") and not word.startswith("--") and len(word) > 2:
+        name = word[1:].partition("=")[0]
+        if name in KEYS or name in IGNORED_UPSTREAM_KEYS or name in _OPTION_NAMES:
+            return "-" + word
+    return word
+
+
+def _is_option(word: str) -> bool:
+    return _long_form(word).startswith("--")
+
+
 def _parse_argv(argv: Sequence[str]) -> _Argv:
     settings: list[tuple[str, str]] = []
     warnings: list[str] = []
     opts: dict[str, Any] = {}
     i = 0
     while i < len(argv):
-        arg = "--help" if argv[i] == "-h" else argv[i]
+        arg = _long_form(argv[i])
         i += 1
         if not arg.startswith("--") or arg == "--":
             raise ConfigError(f"command line: unexpected argument {arg!r}; see --help")
@@ -531,7 +551,14 @@ def _parse_argv(argv: Sequence[str]) -> _Argv:
         value: str | None = inline if eq else None
         nxt = argv[i] if i < len(argv) else None
         key = KEYS.get(name)
-        if name in ("daemon", "print-config", "version", "help"):
+        if name == "daemon" and value is None and nxt is not None and nxt.lower() in _TRUE | _FALSE:
+            value, i = nxt, i + 1  # "-daemon true", as an upstream-style boolean
+        if name == "daemon" and value is not None:
+            if value.lower() not in _TRUE | _FALSE:
+                raise ConfigError.invalid(name, value, COMMAND_LINE, "true or false")
+            opts["daemon"] = value.lower() in _TRUE
+            continue
+        if name in _FLAGS:
             if value is not None:
                 raise ConfigError(
                     f"command line: option --{name} takes no value",
@@ -543,7 +570,8 @@ def _parse_argv(argv: Sequence[str]) -> _Argv:
             continue
         if name == "simulate":
             # The scenario is optional: only a following non-flag word is one.
-            if value is None and nxt is not None and not nxt.startswith("-"):
+            if value is None and nxt is not None and not _is_option(nxt) \
+                    and not nxt.startswith("-"):
                 value, i = nxt, i + 1
             opts["simulate"] = value or ""
             continue
@@ -564,7 +592,7 @@ def _parse_argv(argv: Sequence[str]) -> _Argv:
                 origin=COMMAND_LINE,
             )
         if value is None:
-            if nxt is None or nxt.startswith("--"):
+            if nxt is None or _is_option(nxt):
                 raise ConfigError(
                     f"command line: option --{name} needs a value", key=name, origin=COMMAND_LINE
                 )
@@ -597,14 +625,15 @@ def load(
     even when the configuration is broken.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("--help", "-h", "--version") for a in argv):
+    long_forms = [_long_form(a) for a in argv]
+    if any(a in ("--help", "--version") for a in long_forms):
         return Loaded(
             DEFAULTS,
             {name: DEFAULT for name in KEYS},
             [],
             Options(
-                help="--help" in argv or "-h" in argv,
-                version="--version" in argv,
+                help="--help" in long_forms,
+                version="--version" in long_forms,
                 argv=tuple(argv),
             ),
         )
@@ -635,13 +664,8 @@ def load(
     config = replace(DEFAULTS, **values)
     _check_consistency(config, provenance)
 
-    kind, _, suffix = config.log.partition(":")
-    if kind == "syslog" and suffix and suffix not in _FACILITIES:
-        # Upstream's shipped file says "log=syslog:squeezed" and never read the suffix.
-        warnings.append(
-            f"{provenance['log']}: {suffix!r} in log = {config.log} is not a "
-            f"syslog facility; using log-facility ({config.log_facility})"
-        )
+    # log = syslog:NAME (upstream's shipped file says syslog:squeezed): a facility
+    # name sets the facility, any other NAME is the syslog identifier.
     return Loaded(config, provenance, warnings, options)
 
 
@@ -684,7 +708,9 @@ def format_config(config: Config, provenance: Mapping[str, Origin]) -> str:
         for name, k in KEYS.items()
     ]
     width = max(len(r[0]) for r in rows)
-    out = ["# squeezed effective configuration: key = value  # where it came from"]
+    out = ["# squeezed effective configuration: key = value  # where it came from",
+           "# precedence: command line > " + DEFAULT_CONFIG_DIR + "/*.conf > file > default;",
+           "# upstream differs: its files override its command line (docs/operations.md)"]
     out += [f"{setting:<{width}}  # {origin}" for setting, origin in rows]
     return "\n".join(out) + "\n"
 
@@ -724,6 +750,10 @@ def help_text(prog: str = "squeezed") -> str:
         "  --print-config         print the effective configuration and exit",
         "  --version              print the version and exit",
         "  -h, --help             print this help and exit",
+        "",
+        "Upstream's single-dash forms work too: -config FILE, -pidfile P, -daemon,",
+        "-KEY VALUE, -KEY=VALUE. The command line overrides the files (upstream: the",
+        "files override the command line).",
         "",
         "configuration keys (in the configuration file as KEY = VALUE):",
     ]

@@ -8,6 +8,7 @@ xenstore watcher, boot-time free-memory measurement) run under a supervisor.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -59,7 +60,11 @@ def pidfile_lock(path: str | None) -> Iterator[None]:
         yield
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:  # never through a symlink (someone else's file)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise StartupError(f"cannot open pidfile {path}: {e.strerror}"
+                           + (" (a symlink?)" if e.errno == errno.ELOOP else "")) from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -235,7 +240,8 @@ class Daemon:
                                (JsonRpcServer, "json-socket", "memory.json")):
             path = self._path(key, name)
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            server = cls(path, dispatcher, mode=self.cfg.socket_mode, group=group)
+            server = cls(path, dispatcher, mode=self.cfg.socket_mode, group=group,
+                         heartbeats=self.sup.heartbeats)
             try:
                 server.start()
             except SocketInUseError as e:
@@ -480,6 +486,8 @@ class Daemon:
         systemd.stopping()
         if self.host is not None:
             self.host.abandon()  # a running squeeze returns an error to its caller
+        if self.service is not None:
+            self.service.abandon()  # ... saying "shutting down", however it failed
         if self.xs is not None:
             # A request waiting for xenstored to come back gives up now, so its
             # caller gets the error reply before the servers close.

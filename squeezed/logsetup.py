@@ -4,6 +4,18 @@ Under systemd, stderr goes to the journal (``$JOURNAL_STREAM`` is set): there li
 a ``<N>`` syslog priority prefix, which journald turns into the entry's priority, and no
 timestamp, since the journal adds its own. On a terminal, lines get ISO 8601 timestamps.
 
+Every line carries upstream's fields (xapi's debug.ml), so habits such as grepping
+xensource.log-style files for a task id keep working::
+
+    syslog:    squeezed[812]: [ info||2291 rpc-3|VM.start R:1a2b|squeezed.service] reservation ...
+    terminal:  [20261201T12:15:39.123Z| info|host1|2291 rpc-3|VM.start R:1a2b|squeezed.service] ...
+    journal:   <6>[ info|host1|2291 rpc-3|VM.start R:1a2b|squeezed.service] ...
+
+i.e. [time|level|host|thread-id thread-name|task|component] message. syslog adds the time
+and host itself, as upstream leaves them to it. The task is the caller's dbg string
+(its log part and trace id); control characters in messages are escaped, so nobody can
+forge a line.
+
 The syslog handler's socket is opened here, so when daemonizing (python-daemon closes
 every file descriptor) call `setup_logging` after detaching, or preserve the handler's
 socket.
@@ -13,15 +25,20 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import sys
+import threading
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from logging.handlers import SysLogHandler
 from typing import TextIO
 
+from squeezed import debuginfo
+
 SYSLOG_ADDRESS = "/dev/log"
 IDENT = "squeezed"
+DEFAULT_FACILITY = "local5"  # upstream's (squeezed.ml: Debug.set_facility Syslog.Local5)
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -41,6 +58,46 @@ _PRIORITY = {
 
 _MARK = "_squeezed_handler"  # set on handlers we install, so a re-setup replaces them
 
+# upstream's level names (Syslog.string_of_level), right-aligned in 5 columns
+_UPSTREAM_LEVEL = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warn",
+    logging.ERROR: "error",
+    logging.CRITICAL: "crit",
+}
+_FIELDS = "%(ulevel)5s|{host}|%(tid)d %(threadName)s|%(task)s|%(name)s] %(message)s"
+
+
+class _UpstreamFields(logging.Filter):
+    """Adds upstream's fields to each record and escapes control characters in
+    the message (a traceback, logged separately, keeps its lines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.host = socket.gethostname()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "_squeezed_fields", False):
+            record.ulevel = _UPSTREAM_LEVEL.get(record.levelno, record.levelname.lower())
+            record.tid = threading.get_native_id()
+            record.task = debuginfo.current_task()
+            record.host = self.host
+            record.msg, record.args = debuginfo.escape(record.getMessage()), ()
+            record._squeezed_fields = True
+        return True
+
+
+def line_format(kind: str) -> str:
+    """The format of a log line: kind is "syslog", "journal" or "terminal"."""
+    host = "" if kind == "syslog" else "%(host)s"
+    fields = _FIELDS.format(host=host)
+    if kind == "syslog":
+        return f"{IDENT}[%(process)d]: [{fields}"
+    if kind == "journal":
+        return f"[{fields}"
+    return f"[%(asctime)s|{fields}"
+
 
 class _JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -48,10 +105,12 @@ class _JournalFormatter(logging.Formatter):
         return f"<{prio}>{super().format(record)}"
 
 
-class _IsoFormatter(logging.Formatter):
+class _UpstreamTimeFormatter(logging.Formatter):
+    """Upstream's timestamp: 20261201T12:15:39.123Z (UTC)."""
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        stamp = datetime.fromtimestamp(record.created).astimezone()
-        return stamp.isoformat(timespec="milliseconds")
+        stamp = datetime.fromtimestamp(record.created, tz=UTC)
+        return stamp.strftime("%Y%m%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z"
 
 
 def _level(level: str) -> int:
@@ -80,11 +139,9 @@ def on_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool
 def _stderr_handler(stream: TextIO, environ: Mapping[str, str] | None) -> logging.Handler:
     handler = logging.StreamHandler(stream)
     if on_journal(stream, environ):
-        handler.setFormatter(_JournalFormatter("%(threadName)s %(name)s: %(message)s"))
+        handler.setFormatter(_JournalFormatter(line_format("journal")))
     else:
-        handler.setFormatter(
-            _IsoFormatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(_UpstreamTimeFormatter(line_format("terminal")))
     return handler
 
 
@@ -98,7 +155,7 @@ def _is_socket(path: str) -> bool:
 def setup_logging(
     target: str = "syslog",
     level: str = "info",
-    facility: str = "daemon",
+    facility: str = DEFAULT_FACILITY,
     *,
     syslog_address: str = SYSLOG_ADDRESS,
     stream: TextIO | None = None,
@@ -107,14 +164,18 @@ def setup_logging(
     """Route the root logger to `target` at `level`; returns the handler installed.
 
     `target` is the ``log`` configuration value: ``"stderr"``, ``"syslog"`` or
-    ``"syslog:SUFFIX"``, where a facility name as SUFFIX overrides `facility` (anything
-    else, like upstream's ``syslog:squeezed``, is ignored). Replaces any handler a
-    previous call installed, so it is safe to call again (after daemonizing, on reload).
+    ``"syslog:NAME"``, where a facility name as NAME overrides `facility`, and any
+    other NAME (upstream's shipped ``syslog:squeezed``) is the syslog identifier.
+    Replaces any handler a previous call installed, so it is safe to call again
+    (after daemonizing, on reload).
     """
     numeric_level = _level(level)
     target, _, suffix = target.partition(":")
+    ident = IDENT
     if target == "syslog" and suffix in SysLogHandler.facility_names:
         facility = suffix
+    elif target == "syslog" and suffix:
+        ident = debuginfo.escape(suffix)[:32]
     if target not in ("syslog", "stderr"):
         raise ValueError(f"unknown log target {target!r}; expected syslog or stderr")
     out = sys.stderr if stream is None else stream
@@ -132,13 +193,11 @@ def setup_logging(
             address=syslog_address, facility=SysLogHandler.facility_names[facility]
         )
         # The pid is formatted per record, so it stays right after a daemonizing fork.
-        handler.setFormatter(
-            logging.Formatter(
-                f"{IDENT}[%(process)d]: %(levelname)s %(threadName)s %(name)s: %(message)s"
-            )
-        )
+        handler.setFormatter(logging.Formatter(
+            line_format("syslog").replace(IDENT, ident.replace("%", "%%"), 1)))
     else:
         handler = _stderr_handler(out, environ)
+    handler.addFilter(_UpstreamFields())
     setattr(handler, _MARK, True)
 
     root = logging.getLogger()

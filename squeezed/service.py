@@ -11,14 +11,15 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from squeezed import __version__
+from squeezed import __version__, debuginfo
 from squeezed.backend import Backend, Reservation
 from squeezed.engine import operations as ops
 from squeezed.engine.operations import EngineConfig, OpStats
@@ -30,6 +31,7 @@ from squeezed.errors import (
     NoReservation,
     UnknownReservation,
 )
+from squeezed.fifolock import FifoLock
 from squeezed.stats import OperationStats
 from squeezed.switch.exactly_once import new_reservation_id
 
@@ -37,6 +39,11 @@ log = logging.getLogger("squeezed.service")
 
 DEFAULT_SESSION = "default"  # the session of the sessionless Memory.* dialect
 INT64_MAX = 2**63 - 1
+# xenstore's node-name rules (xenstored's valid characters), with a length
+# bound of our own: session and reservation ids become path components.
+_NODE_NAME = re.compile(r"[A-Za-z0-9_@-]{1,256}")
+# get_host_initial_free_memory waits this long for the boot-time measurement.
+INITIAL_FREE_WAIT_S = 120.0
 _DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib", "dynamic_max_kib",
                         "memory_actual_kib", "memory_max_kib", "name", "flags")
 # Backend facts (XenHost.describe) passed on in get_state's host struct when present.
@@ -69,14 +76,25 @@ class InitialFreeMemory:
             return False
 
     def set(self, value_bytes: int, persist: bool = True) -> None:
-        if persist:
+        """Record the measurement. A file that cannot be written (full or
+        read-only file system) is logged once; the value is kept in memory
+        and answered all the same."""
+        self._bytes = value_bytes
+        self._known.set()
+        if not persist:
+            return
+        tmp = f"{self.path}.tmp"
+        try:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            tmp = f"{self.path}.tmp"
             with open(tmp, "w") as f:
                 f.write(str(value_bytes))
             os.replace(tmp, self.path)
-        self._bytes = value_bytes
-        self._known.set()
+        except OSError as e:
+            log.error("cannot record boot-time host free memory in %s: %s; keeping %d bytes"
+                      " in memory (a restarted squeezed will measure again)",
+                      self.path, e, value_bytes)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def abort(self) -> None:
         """Shutting down: callers waiting for the measurement get an error."""
@@ -141,71 +159,97 @@ class MemoryService:
     dom0: Dom0Policy = field(default_factory=Dom0Policy)
     initial_free: InitialFreeMemory | None = None
     dom0_total_bytes: Callable[[], int] | None = None
-    # dynamic-max as published for domain 0 ("auto" resolved), if any
+    # dynamic-max as published for domain 0 ("auto" resolved), if any. Not used
+    # for get_domain_zero_policy, which answers dom0's total for "auto" as
+    # upstream does; kept so that the daemon can still pass it.
     dom0_dynamic_max_bytes: Callable[[], int | None] | None = None
     instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def __post_init__(self) -> None:
-        self._op_lock = threading.Lock()  # one squeezing operation at a time
+        self._op_lock = FifoLock()  # one squeezing operation at a time, in arrival order
         self._table_lock = threading.Lock()  # short: reservation table updates
         self._history: collections.deque[_OpRecord] = collections.deque(maxlen=32)
         self._history_lock = threading.Lock()
         self.on_set_log_level: Callable[[str], None] | None = None
-        self.stats = OperationStats()
+        self._shutting_down = False
+        self.stats = OperationStats()  # for metrics: operations, durations, iterations
+
+    def abandon(self) -> None:
+        """The daemon is stopping: an operation that fails from now on (its
+        waits abandoned, its xenstore connection closed under it) answers its
+        caller "shutting down", whatever the failure looked like."""
+        self._shutting_down = True
 
     # -- helpers -----------------------------------------------------------
 
     def _record(self, op: str, dbg: str, **args: Any) -> _OpRecord:
-        rec = _OpRecord(time.time(), op, dbg, " ".join(f"{k}={v}" for k, v in args.items()))
+        rec = _OpRecord(time.time(), op, debuginfo.show(dbg),
+                        " ".join(f"{k}={debuginfo.escape(str(v))}" for k, v in args.items()))
         with self._history_lock:
             self._history.append(rec)
         return rec
 
-    def _finish(self, rec: _OpRecord, outcome: str) -> None:
-        rec.elapsed_s = time.monotonic() - rec.started_mono
+    def _done(self, rec: _OpRecord, outcome: str) -> None:
+        """An operation that ran without the operation lock ended: history and counters."""
         rec.outcome = outcome
-        rec.active = False
+        rec.elapsed_s = time.monotonic() - rec.started_mono
         self.stats.observe(rec.op, outcome, rec.elapsed_s)
 
-    @contextlib.contextmanager
-    def _recorded(self, op: str, dbg: str, **args: Any) -> Iterator[_OpRecord]:
-        """Record an operation in the history and the counters, with the
-        outcome its exception (or none) says."""
-        rec = self._record(op, dbg, **args)
-        outcome = "Internal_error"  # what the dispatcher makes of anything else
-        try:
-            yield rec
-            outcome = "success"
-        except MemoryError_ as e:
-            outcome = e.name
-            raise
-        except ops.OperationAbandoned:
-            outcome = "abandoned"
-            raise
-        finally:
-            self._finish(rec, outcome)
-
     def _squeeze(self, op: str, dbg: str, fn: Callable[[OpStats], Any], **args: Any) -> Any:
+        rec = self._record(op, dbg, **args)
+        t0 = time.monotonic()
         st = OpStats()
         try:
-            with self._recorded(op, dbg, **args) as rec, self._op_lock:
+            with self._op_lock:
                 rec.active = True
-                return fn(st)
+                result = fn(st)
+            rec.outcome = "success"
         except CannotFreeThisMuchMemory as e:
             # Callers see amounts net of the kept reserve, as upstream reports.
+            rec.outcome = e.name
             raise CannotFreeThisMuchMemory(
                 e.needed_kib - self.cfg.reserve_kib, e.free_kib - self.cfg.reserve_kib
             ) from None
+        except MemoryError_ as e:
+            if self._shutting_down:
+                rec.outcome = "abandoned"
+                raise InternalError("squeezed is shutting down; operation abandoned") from None
+            rec.outcome = e.name
+            raise
         except ops.OperationAbandoned:
+            rec.outcome = "abandoned"
             raise InternalError("squeezed is shutting down; operation abandoned") from None
+        except Exception as e:
+            if self._shutting_down:
+                rec.outcome = "abandoned"
+                raise InternalError("squeezed is shutting down; operation abandoned") from None
+            rec.outcome = f"failed: {type(e).__name__}"
+            raise
+        except BaseException as e:
+            rec.outcome = f"failed: {type(e).__name__}"
+            raise
         finally:
+            rec.elapsed_s = time.monotonic() - t0
+            rec.active = False
             self.stats.add_iterations(st.iterations)
+            self.stats.observe(rec.op, rec.outcome, rec.elapsed_s)
+        return result
 
     def _find(self, session_id: str, reservation_id: str) -> Reservation:
         for r in self.backend.reservations():
             if r.session == session_id and r.reservation_id == reservation_id:
                 return r
         raise UnknownReservation(reservation_id)
+
+    @staticmethod
+    def _check_id(what: str, value: str) -> None:
+        """Ids become xenstore path components: check them before anything
+        happens (a '/' or a NUL would name another node or split the request)."""
+        if not _NODE_NAME.fullmatch(value):
+            shown = debuginfo.escape(value[:80]) + ("..." if len(value) > 80 else "")
+            raise InternalError(
+                f"invalid {what} {shown!r}: must be 1 to 256 characters of A-Z a-z 0-9 _ @ -"
+                " (a xenstore node name)")
 
     @staticmethod
     def _check_kib(value: int) -> None:
@@ -215,39 +259,43 @@ class MemoryService:
     # -- xcp-idl v1 --------------------------------------------------------
 
     def login(self, dbg: str, service_name: str) -> str:
-        """The service name is the session id; a new login drops every
-        untransferred reservation the previous incarnation left behind."""
-        with self._recorded("login", dbg, service=service_name), self._table_lock:
+        """The service name is the session id. As upstream, a login drops the
+        session's whole reservation tree: reservations already transferred to
+        a domain still count through the domain's own initial-reservation, so
+        nothing is lost (docs/compatibility.md)."""
+        self._check_id("service name", service_name)
+        with self._table_lock:
             for r in self.backend.reservations():
                 if r.session != service_name:
                     continue
-                # Untransferred ones belong to the previous incarnation; ones
-                # transferred to a domain that is gone would count for ever.
-                if r.in_transfer_domid is None or not self.backend.domain_exists(
-                    r.in_transfer_domid
-                ):
-                    self.backend.remove_reservation(r.session, r.reservation_id)
-                    log.info("login %s: dropped stale reservation %s (%d KiB) [dbg %s]",
-                             service_name, r.reservation_id, r.kib, dbg)
+                self.backend.remove_reservation(r.session, r.reservation_id)
+                where = ("" if r.in_transfer_domid is None
+                         else f", in transfer to domain {r.in_transfer_domid}")
+                log.info("login %s: dropped reservation %s (%d KiB%s) [dbg %s]",
+                         service_name, r.reservation_id, r.kib, where, debuginfo.show(dbg))
+        self._done(self._record("login", dbg, service=service_name), "success")
         return service_name
 
     def reserve_memory(self, dbg: str, session_id: str, kib: int) -> str:
+        self._check_id("session id", session_id)
         self._check_kib(kib)
         rid = new_reservation_id()  # stable for a redelivered switch request
 
         def run(st: OpStats) -> str:
-            ops.reserve(self.backend, self.cfg, kib, st)
+            ops.reserve(self.backend, self.cfg, kib, stats=st)
             with self._table_lock:
                 self.backend.add_reservation(Reservation(session_id, rid, kib))
             return rid
 
         self._squeeze("reserve_memory", dbg, run, session=session_id, kib=kib)
-        log.info("reservation %s created: session %s, %d KiB [dbg %s]", rid, session_id, kib, dbg)
+        log.info("reservation %s created: session %s, %d KiB [dbg %s]", rid, session_id, kib,
+                 debuginfo.show(dbg))
         return rid
 
     def reserve_memory_range(
         self, dbg: str, session_id: str, min_kib: int, max_kib: int
     ) -> tuple[str, int]:
+        self._check_id("session id", session_id)
         self._check_kib(min_kib)
         self._check_kib(max_kib)
         if max_kib < min_kib:
@@ -255,7 +303,8 @@ class MemoryService:
         rid = new_reservation_id()  # stable for a redelivered switch request
 
         def run(st: OpStats) -> int:
-            amount_kib, _ = ops.free_memory_range(self.backend, self.cfg, min_kib, max_kib, st)
+            amount_kib, _ = ops.free_memory_range(self.backend, self.cfg, min_kib, max_kib,
+                                                  stats=st)
             with self._table_lock:
                 self.backend.add_reservation(Reservation(session_id, rid, amount_kib))
             return amount_kib
@@ -264,27 +313,56 @@ class MemoryService:
             "reserve_memory_range", dbg, run, session=session_id, min_kib=min_kib, max_kib=max_kib
         )
         log.info("reservation %s created: session %s, %d KiB (asked %d-%d) [dbg %s]",
-                 rid, session_id, amount_kib, min_kib, max_kib, dbg)
+                 rid, session_id, amount_kib, min_kib, max_kib, debuginfo.show(dbg))
         return rid, amount_kib
 
     def delete_reservation(self, dbg: str, session_id: str, reservation_id: str) -> None:
-        with self._recorded("delete_reservation", dbg, id=reservation_id), self._table_lock:
-            r = self._find(session_id, reservation_id)
-            self.backend.remove_reservation(session_id, reservation_id)
+        """Idempotent, as upstream's xenstore rm: xenopsd's clean-up paths
+        delete reservations that may already be gone and catch only
+        No_reservation, so an unknown id is not an error."""
+        self._check_id("session id", session_id)
+        self._check_id("reservation id", reservation_id)
+        with self._table_lock:
+            try:
+                r: Reservation | None = self._find(session_id, reservation_id)
+            except UnknownReservation:
+                r = None
+            else:
+                self.backend.remove_reservation(session_id, reservation_id)
+        rec = self._record("delete_reservation", dbg, id=reservation_id)
+        if r is None:
+            self._done(rec, "success (no such reservation)")
+            log.info("reservation %s: delete of an unknown or already deleted reservation"
+                     " (session %s) [dbg %s]", reservation_id, session_id, debuginfo.show(dbg))
+            return
+        self._done(rec, "success")
         log.info("reservation %s deleted: session %s, %d KiB [dbg %s]",
-                 reservation_id, session_id, r.kib, dbg)
+                 reservation_id, session_id, r.kib, debuginfo.show(dbg))
+
+    def undo_reservation(self, dbg: str, session_id: str, reservation_id: str) -> None:
+        """The reply of a reserve could not be delivered (the caller hung up):
+        nobody knows this id, so give the memory back now rather than at the
+        session's next login."""
+        with self._table_lock:
+            self.backend.remove_reservation(session_id, reservation_id)
+        self._done(self._record("undo-reservation", dbg, id=reservation_id), "success")
+        log.warning("reservation %s undone: its reply could not be delivered (caller hung up)"
+                    " [dbg %s]", reservation_id, debuginfo.show(dbg))
 
     def transfer_reservation_to_domain(
         self, dbg: str, session_id: str, reservation_id: str, domid: int
     ) -> None:
+        self._check_id("session id", session_id)
+        self._check_id("reservation id", reservation_id)
         if domid < 0:
             raise InternalError(f"invalid domid {domid}")
-        with self._recorded("transfer_reservation_to_domain", dbg, id=reservation_id,
-                            domid=domid), self._table_lock:
+        with self._table_lock:
             r = self._find(session_id, reservation_id)
             self.backend.transfer_reservation(r, domid)
+        self._done(self._record("transfer_reservation_to_domain", dbg, id=reservation_id,
+                                domid=domid), "success")
         log.info("reservation %s transferred to domain %d: session %s, %d KiB [dbg %s]",
-                 reservation_id, domid, session_id, r.kib, dbg)
+                 reservation_id, domid, session_id, r.kib, debuginfo.show(dbg))
 
     def query_reservation_of_domain(self, dbg: str, session_id: str, domid: int) -> str:
         rid = self.backend.domain_reservation_id(domid)
@@ -293,7 +371,8 @@ class MemoryService:
         return rid
 
     def balance_memory(self, dbg: str) -> None:
-        self._squeeze("balance_memory", dbg, lambda st: ops.balance(self.backend, self.cfg, st))
+        self._squeeze("balance_memory", dbg,
+                      lambda st: ops.balance(self.backend, self.cfg, stats=st))
 
     def balance_if_unbalanced(self) -> bool:
         """The periodic balancer's step; skipped while an operation runs."""
@@ -302,15 +381,22 @@ class MemoryService:
         try:
             if not ops.is_unbalanced(self.backend, self.cfg):
                 return False
+            rec = self._record("auto-balance", "periodic")
+            rec.active = True
             st = OpStats()
             try:
-                with self._recorded("auto-balance", "periodic") as rec:
-                    rec.active = True
-                    ops.balance(self.backend, self.cfg, st)
+                ops.balance(self.backend, self.cfg, stats=st)
             except ops.OperationAbandoned:
+                self._done(rec, "abandoned")
                 return False
+            except BaseException as e:
+                self._done(rec, e.name if isinstance(e, MemoryError_) else
+                           f"failed: {type(e).__name__}")
+                raise
             finally:
+                rec.active = False
                 self.stats.add_iterations(st.iterations)
+            self._done(rec, "success")
             return True
         finally:
             self._op_lock.release()
@@ -321,14 +407,13 @@ class MemoryService:
     def get_host_initial_free_memory(self, dbg: str) -> int:
         if self.initial_free is None:
             raise InternalError("host initial free memory is not measured by this squeezed")
-        return self.initial_free.get()
+        return self.initial_free.get(INITIAL_FREE_WAIT_S)
 
     def get_domain_zero_policy(self, dbg: str) -> tuple[str, Any]:
         total_bytes = self.dom0_total_bytes() if self.dom0_total_bytes else None
         if self.dom0.manage:
+            # "auto": domain 0's current total, as upstream answers
             max_bytes = self.dom0.dynamic_max_bytes
-            if max_bytes is None and self.dom0_dynamic_max_bytes is not None:
-                max_bytes = self.dom0_dynamic_max_bytes()  # what "auto" resolved to
             if max_bytes is None:
                 if total_bytes is None:
                     raise InternalError("failed to obtain domain 0's total memory")
@@ -425,7 +510,7 @@ class MemoryService:
 
     def get_diagnostics(self, dbg: str) -> str:
         st = self._state()
-        h = {**st["host"], **st["facts"]}
+        h = {**st["facts"], **st["host"]}  # the service's own figures win
         lines = [f"squeezed {__version__} instance {self.instance_id}"]
         lines.append("host: " + " ".join(f"{k}={v}" for k, v in sorted(h.items())
                                           if not isinstance(v, list | tuple | dict)))
@@ -453,6 +538,6 @@ class MemoryService:
         lines.append(f"last operations ({len(history)}):")
         for rec in history:
             at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.at))
-            lines.append(f"  {at}Z {rec.op} {rec.args} dbg={rec.dbg!r} -> {rec.outcome}"
+            lines.append(f"  {at}Z {rec.op} {rec.args} dbg={rec.dbg} -> {rec.outcome}"
                          f" ({rec.elapsed_s:.3f} s)")
         return "\n".join(lines) + "\n"

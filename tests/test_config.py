@@ -51,7 +51,7 @@ def test_documented_defaults() -> None:
     assert d.boot_time_host_free_memory_check_interval_s == 1.0
     assert d.boot_time_memory_file == "/var/run/nonpersistent/xapi/boot_time_memory"
     assert d.pidfile == "/var/run/squeezed.pid"
-    assert (d.log, d.log_facility, d.loglevel) == ("syslog", "daemon", "info")
+    assert (d.log, d.log_facility, d.loglevel) == ("syslog", "local5", "info")
     assert (d.socket, d.json_socket) == ("/var/xapi/memory", "/var/xapi/memory.json")
     assert (d.socket_mode, d.socket_group) == (0o600, "")
     assert (d.xenstored_socket, d.libxenctrl) == ("", "")
@@ -183,14 +183,33 @@ def test_upstream_shipped_file_loads(tmp_path: Path) -> None:
         "# domain-zero-dynamic-max = auto\n"
     )
     cfg, _, warnings, _ = _load(tmp_path, main=main)
-    assert cfg.log_target == "syslog" and cfg.syslog_facility == "daemon"
+    assert cfg.log_target == "syslog" and cfg.syslog_facility == "local5"  # upstream's
     assert cfg.balance_check_interval_s == 10.0
     conf = tmp_path / "squeezed.conf"
     assert warnings == [
         f"{conf}:6: disable-logging-for is an upstream option with no effect here (ignored)",
-        f"{conf}:3: 'squeezed' in log = syslog:squeezed is not a syslog facility; "
-        "using log-facility (daemon)",
-    ]
+    ]  # log = syslog:squeezed is accepted silently: "squeezed" is the syslog identifier
+
+
+def test_upstream_single_dash_command_line(tmp_path: Path) -> None:
+    """SQUEEZED_OPTIONS written for upstream (OCaml Arg: -key value, -key=value)."""
+    conf = tmp_path / "other.conf"
+    conf.write_text("balance-check-interval = 3\n")
+    cfg, prov, warnings, opts = _load(tmp_path, [
+        "-config", str(conf), "-pidfile", "/run/sq.pid", "-daemon",
+        "-loglevel=debug", "-manage-domain-zero", "true", "-disable-logging-for", "http",
+    ])
+    assert opts.config_file == str(conf) and opts.daemon is True
+    assert cfg.pidfile == "/run/sq.pid" and cfg.loglevel == "debug"
+    assert cfg.manage_domain_zero is True and cfg.balance_check_interval_s == 3.0
+    assert prov["pidfile"].kind == "command line"
+    assert any("disable-logging-for" in w for w in warnings)
+    _, _, _, opts = _load(tmp_path, ["-daemon", "false", "-h"])
+    assert opts.help
+    _, _, _, opts = _load(tmp_path, ["-daemon", "false"])
+    assert opts.daemon is False
+    with pytest.raises(ConfigError, match="unexpected argument '-nonsense'"):
+        _load(tmp_path, ["-nonsense", "1"])
 
 
 def test_log_syslog_facility_suffix(tmp_path: Path) -> None:
@@ -370,7 +389,8 @@ def test_flag_forms(tmp_path: Path) -> None:
         (["--stuck-afterr", "1"], "did you mean 'stuck-after'"),
         (["stray"], "unexpected argument 'stray'"),
         (["--"], "unexpected argument '--'"),
-        (["--daemon=yes"], "option --daemon takes no value"),
+        (["--daemon=maybe"], "daemon"),
+        (["--print-config=yes"], "option --print-config takes no value"),
     ],
 )
 def test_command_line_errors(tmp_path: Path, argv: list[str], message: str) -> None:
@@ -417,7 +437,7 @@ def test_format_config_shows_every_key_value_and_origin(tmp_path: Path) -> None:
                             main="# x\nsocket-mode = 0640\ndomain-zero-dynamic-max = 4294967296\n")
     text = c.format_config(cfg, prov)
     rows = {}
-    for line in text.splitlines()[1:]:
+    for line in text.splitlines()[3:]:
         m = re.fullmatch(r"(\S+) = (.*?) +# (.*)", line)
         assert m, line
         rows[m.group(1)] = (m.group(2), m.group(3))

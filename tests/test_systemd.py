@@ -170,16 +170,28 @@ def clean_root_logger() -> Iterator[None]:
     root.setLevel(level)
 
 
-def test_stderr_on_a_terminal_has_iso_timestamps(clean_root_logger) -> None:
+def test_stderr_on_a_terminal_has_upstreams_fields(clean_root_logger) -> None:
+    """[time|level|host|thread|task|component] message, as upstream's debug.ml."""
+    import re
+    import socket
+    import threading
+
+    from squeezed import debuginfo
+
     out = io.StringIO()
     logsetup.setup_logging("stderr", "info", stream=out, environ={})
-    logging.getLogger("squeezed.test").info("hello %d", 1)
+    with debuginfo.task("VM.start R:1a2b\n00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"):
+        logging.getLogger("squeezed.test").info("hello %d\nforged", 1)
     logging.getLogger("squeezed.test").debug("hidden")
     line = out.getvalue()
     assert line.count("\n") == 1
-    date, rest = line.split(" ", 1)
-    assert date[4] == "-" and "T" in date and date[-6] in "+-"  # 2025-01-02T03:04:05.678+00:00
-    assert rest == "INFO MainThread squeezed.test: hello 1\n"
+    m = re.fullmatch(r"\[(\d{8}T\d\d:\d\d:\d\d\.\d{3}Z)\|(.{5})\|([^|]*)\|(\d+) ([^|]*)\|([^|]*)\|"
+                     r"([^\]]*)\] (.*)\n", line)
+    assert m, line
+    assert m.group(2) == " info" and m.group(3) == socket.gethostname()
+    assert int(m.group(4)) == threading.get_native_id() and m.group(5) == "MainThread"
+    assert m.group(6) == "VM.start R:1a2b trace=4bf92f3577b34da6a3ce929d0e0e4736"
+    assert m.group(7) == "squeezed.test" and m.group(8) == "hello 1\\nforged"
 
 
 def test_stderr_on_the_journal_has_priorities_and_no_timestamps(clean_root_logger) -> None:
@@ -190,11 +202,15 @@ def test_stderr_on_the_journal_has_priorities_and_no_timestamps(clean_root_logge
     log.info("i")
     log.warning("w")
     log.error("e")
+    import socket
+    import threading
+
+    pre = f"|{socket.gethostname()}|{threading.get_native_id()} MainThread||squeezed.test]"
     assert out.getvalue().splitlines() == [
-        "<7>MainThread squeezed.test: d",
-        "<6>MainThread squeezed.test: i",
-        "<4>MainThread squeezed.test: w",
-        "<3>MainThread squeezed.test: e",
+        f"<7>[debug{pre} d",
+        f"<6>[ info{pre} i",
+        f"<4>[ warn{pre} w",
+        f"<3>[error{pre} e",
     ]
 
 
@@ -219,8 +235,12 @@ def test_syslog_format_and_facility(tmp_path: Path, clean_root_logger) -> None:
         logging.getLogger("squeezed.test").info("note")
         user_msg = s.recv(4096).decode()
     # local5 = 21, warning = 4: priority 21 * 8 + 4.
-    assert msg == f"<172>squeezed[{os.getpid()}]: WARNING MainThread squeezed.test: careful\0"
-    assert user_msg.startswith(f"<14>squeezed[{os.getpid()}]: INFO")  # user = 1, info = 6
+    import threading
+
+    tid = threading.get_native_id()
+    fields = f"[ warn||{tid} MainThread||squeezed.test]"
+    assert msg == f"<172>squeezed[{os.getpid()}]: {fields} careful\0"
+    assert user_msg.startswith(f"<14>squeezed[{os.getpid()}]: [ info")  # user = 1, info = 6
 
 
 def test_syslog_missing_falls_back_to_stderr(tmp_path: Path, clean_root_logger) -> None:

@@ -5,7 +5,11 @@ IDL type (untyped XML-RPC strings become int64 where the IDL says int64, as
 rpclib's unmarshaller does), calls the service method named by the IDL's
 operation, and marshals the result back to a wire value. Any failure raises a
 `squeezed.errors.MemoryError_`; a malformed request is an `Internal_error`
-naming the method, the parameter and the value.
+naming the method, the parameter and the value. Parameters beyond the IDL's
+(positional or named) are ignored, as rpclib's server ignores them.
+
+`call_undoable` also returns how to undo a call whose reply cannot be
+delivered: a reservation nobody knows the id of is given back at once.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from squeezed import idl
+from squeezed import debuginfo, idl
 from squeezed.errors import InternalError, MemoryError_
 
 log = logging.getLogger("squeezed.rpc")
@@ -244,22 +248,22 @@ class Dispatcher:
         if len(params) == 1 and isinstance(params[0], dict):
             members: dict[str, Any] = params[0]
             missing = [n for n in names if n not in members]
-            extra = sorted(k for k in members if k not in names)
-            if missing or extra:
-                what = []
-                if missing:
-                    what.append("missing " + ", ".join(missing))
-                if extra:
-                    what.append("unexpected " + ", ".join(map(str, extra)))
+            if missing:
                 raise InternalError(
-                    f"{method} expects members ({', '.join(names)}): {'; '.join(what)}"
+                    f"{method} expects members ({', '.join(names)}): missing {', '.join(missing)}"
                 )
+            extra = sorted(str(k) for k in members if k not in names)
+            if extra:
+                log.debug("%s: ignoring extra members %s", method, _short(extra))
             params = [members[n] for n in names]
-        elif len(params) != len(names):
+        elif len(params) < len(names):
             raise InternalError(
                 f"{method} expects {len(names)} parameter{'s' if len(names) != 1 else ''}"
                 f" ({', '.join(names)}), got {len(params)}"
             )
+        elif len(params) > len(names):
+            log.debug("%s: ignoring %d extra parameters", method, len(params) - len(names))
+            params = params[: len(names)]
         out = []
         for p, v in zip(m.params, params, strict=True):
             try:
@@ -270,27 +274,63 @@ class Dispatcher:
 
     def call(self, method: str, params: list[Any]) -> Any:
         """Run one call; returns the wire result or raises MemoryError_."""
+        return self.call_undoable(method, params)[0]
+
+    def call_undoable(
+        self, method: str, params: list[Any]
+    ) -> tuple[Any, Callable[[], None] | None]:
+        """Run one call; returns the wire result and, for a call that created
+        a reservation, a function that deletes it again (for a transport that
+        finds it cannot deliver the reply). Raises MemoryError_."""
         m, args = self.bind(method, params)
         by_name = dict(zip(m.param_names, args, strict=True))
         sargs = [a.value if isinstance(a, idl.Const) else by_name[a] for a in m.args]
         fn: Callable[..., Any] | None = getattr(self.service, m.operation, None)
         if not callable(fn):
             raise InternalError(f"{method}: not implemented by this daemon")
-        log.debug("%s %s", method, _short(args))
-        try:
-            result = fn(*sargs)
-        except MemoryError_:
-            raise
-        except Exception as e:  # noqa: BLE001 - the wire must get an answer
-            log.exception("%s failed with an unexpected exception", method)
-            raise InternalError(str(e) or type(e).__name__) from e
+        dbg = by_name.get("dbg", "")
+        with debuginfo.task(dbg if isinstance(dbg, str) else ""):
+            log.debug("%s %s", method, debuginfo.escape(_short(args)))
+            try:
+                result = fn(*sargs)
+            except MemoryError_:
+                raise
+            except Exception as e:  # noqa: BLE001 - the wire must get an answer
+                log.exception("%s failed with an unexpected exception", method)
+                raise InternalError(str(e) or type(e).__name__) from e
+        undo = self._undo(m, by_name, sargs, result)
         if m.result_index is not None:
             if not isinstance(result, tuple | list) or len(result) <= m.result_index:
                 log.error("%s: service returned %r", m.operation, result)
                 raise InternalError(f"{method}: service returned an invalid result")
             result = result[m.result_index]
         try:
-            return marshal(self.interface, m.result, result)
+            return marshal(self.interface, m.result, result), undo
         except TypeMismatch as e:
             log.error("%s: service returned %r: %s", method, result, e)
+            if undo is not None:
+                undo()
             raise InternalError(f"{method}: service returned an invalid result: {e}") from None
+
+    def _undo(self, m: idl.Method, by_name: dict[str, Any], sargs: list[Any],
+              result: Any) -> Callable[[], None] | None:
+        """For reserve_memory and reserve_memory_range (either dialect)."""
+        if m.operation not in ("reserve_memory", "reserve_memory_range"):
+            return None
+        undo_fn: Callable[..., Any] | None = getattr(self.service, "undo_reservation", None)
+        if not callable(undo_fn):
+            return None
+        rid = result if m.operation == "reserve_memory" else (
+            result[0] if isinstance(result, tuple | list) and result else None)
+        if not isinstance(rid, str):
+            return None
+        dbg, session = sargs[0], sargs[1]
+
+        def undo() -> None:
+            assert undo_fn is not None
+            try:
+                undo_fn(dbg, session, rid)
+            except Exception:  # noqa: BLE001 - reported; the caller is gone anyway
+                log.exception("cannot undo reservation %s", rid)
+
+        return undo

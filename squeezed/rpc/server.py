@@ -6,12 +6,19 @@ connection (stdlib socketserver + http.server), our codecs in the middle.
   and also accepts a bare JSON object without any HTTP (`socat`-friendly).
 - Framing: Content-Length only (chunked is refused), keep-alive unless the
   client says `Connection: close`, bodies capped (default 1 MiB).
-- Each request must arrive completely within `request_timeout` seconds of the
-  server starting to wait for it (idle keep-alive time included), so a slow
-  or stalled client can hold a thread only that long.
-- At most `max_connections` (128) connections are served at once; a caller
-  beyond that waits up to `slot_wait_s` (60 s) for a slot, in the listen
-  backlog, then gets a 503 reply with `Internal_error "server busy: ..."`.
+- The accept loop never waits: each connection gets its own thread at once.
+  A connection must send its first byte within `first_byte_timeout_s` (5 s;
+  also between keep-alive requests) or it is closed quietly, and each
+  request must arrive completely within `request_timeout` seconds of its
+  first byte being awaited, so an idle or stalled client holds a thread only
+  that long (issue 11 #6: 300 idle connections made a call wait 57 s).
+- At most `max_connections` (128) requests are served at once; a slot is
+  taken when a request's first byte arrives, so idle connections hold none.
+  A request beyond that waits up to `slot_wait_s` (60 s) for a slot, then
+  gets a 503 reply with `Internal_error "server busy: ..."`. Beyond
+  `max_open` (1024) open connections, new ones are refused at once with 503.
+- A reply to a reserve that cannot be delivered (the caller hung up) undoes
+  the reservation (issue 11 #8).
 - Every malformed request gets a well-formed Internal_error reply in the
   server's dialect (with a 4xx/5xx status when HTTP itself was wrong), and the
   server keeps serving.
@@ -37,19 +44,26 @@ import socketserver
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from squeezed.errors import InternalError, MemoryError_
 from squeezed.rpc import CodecError, jsonrpc, xmlrpc
 from squeezed.rpc.dispatch import Dispatcher
+from squeezed.supervisor import Heartbeats
 
 log = logging.getLogger("squeezed.rpc")
 
 MAX_BODY = 1 << 20
 _JSON_SPACE = (b" ", b"\t", b"\r", b"\n")
 DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_FIRST_BYTE_TIMEOUT = 5.0
 DEFAULT_MAX_CONNECTIONS = 128
+DEFAULT_MAX_OPEN = 1024
+# The accept loop wakes at least this often, to beat its heartbeat.
+POLL_INTERVAL_S = 0.5
+HEARTBEAT_SILENCE_S = 30.0
+_ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
 # A caller beyond the connection cap waits this long for a slot before it is
 # refused: in a boot storm, queueing beats failing a VM start.
 DEFAULT_SLOT_WAIT_S = 60.0
@@ -60,6 +74,8 @@ class SocketInUseError(RuntimeError):
 
 
 # ------------------------------------------------------------------ codecs
+
+Undo = Callable[[], None] | None  # gives back what a call made, if its reply is lost
 
 
 class _XmlCodec:
@@ -72,21 +88,28 @@ class _XmlCodec:
         return xmlrpc.encode_failure(InternalError(message).wire())
 
     def handle(self, body: bytes) -> bytes:
+        return self.handle_undoable(body)[0]
+
+    def handle_undoable(self, body: bytes) -> tuple[bytes, Undo]:
         try:
             method, params = xmlrpc.parse_call(body)
         except CodecError as e:
             log.info("malformed XML-RPC request: %s", e)
-            return self.failure(f"malformed request: {e}")
+            return self.failure(f"malformed request: {e}"), None
+        undo: Undo = None
         try:
-            return xmlrpc.encode_success(self.dispatcher.call(method, params))
+            result, undo = self.dispatcher.call_undoable(method, params)
+            return xmlrpc.encode_success(result), undo
         except MemoryError_ as e:
             log.debug("%s -> %s", method, e.wire())
             try:
-                return xmlrpc.encode_failure(e.wire())
+                return xmlrpc.encode_failure(e.wire()), None
             except CodecError as ce:
-                return self.failure(f"cannot encode error {e.name}: {ce}")
+                return self.failure(f"cannot encode error {e.name}: {ce}"), None
         except CodecError as e:
-            return self.failure(f"cannot encode result: {e}")
+            if undo is not None:
+                undo()
+            return self.failure(f"cannot encode result: {e}"), None
 
 
 class _JsonCodec:
@@ -99,21 +122,28 @@ class _JsonCodec:
         return jsonrpc.encode_failure(InternalError(message).wire(), rid)
 
     def handle(self, body: bytes) -> bytes:
+        return self.handle_undoable(body)[0]
+
+    def handle_undoable(self, body: bytes) -> tuple[bytes, Undo]:
         try:
             method, params, rid = jsonrpc.parse_call(body)
         except CodecError as e:
             log.info("malformed JSON-RPC request: %s", e)
-            return self.failure(f"malformed request: {e}")
+            return self.failure(f"malformed request: {e}"), None
+        undo: Undo = None
         try:
-            return jsonrpc.encode_success(self.dispatcher.call(method, params), rid)
+            result, undo = self.dispatcher.call_undoable(method, params)
+            return jsonrpc.encode_success(result, rid), undo
         except MemoryError_ as e:
             log.debug("%s -> %s", method, e.wire())
             try:
-                return jsonrpc.encode_failure(e.wire(), rid)
+                return jsonrpc.encode_failure(e.wire(), rid), None
             except CodecError as ce:
-                return self.failure(f"cannot encode error {e.name}: {ce}", rid)
+                return self.failure(f"cannot encode error {e.name}: {ce}", rid), None
         except CodecError as e:
-            return self.failure(f"cannot encode result: {e}", rid)
+            if undo is not None:
+                undo()
+            return self.failure(f"cannot encode result: {e}", rid), None
 
 
 # ------------------------------------------------------------------ I/O bits
@@ -168,6 +198,8 @@ def http_reply(status: int, content_type: str, body: bytes, close: bool) -> byte
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive by default
     server: _Server
+    rfile: io.BufferedReader  # type: ignore[assignment]  # peekable, set in setup()
+    wfile: _Writer  # type: ignore[assignment]
 
     def setup(self) -> None:
         self.connection = self.request
@@ -202,21 +234,41 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self.close_connection = True
-        self.reader.deadline = time.monotonic() + self.server.rpc.request_timeout
+        rpc = self.server.rpc
+        self.reader.deadline = time.monotonic() + min(rpc.first_byte_timeout_s,
+                                                      rpc.request_timeout)
         try:
-            try:
+            first = self._first_byte()
+        except TimeoutError:
+            return  # idle connection: close quietly, nothing to answer
+        except (ConnectionError, BrokenPipeError):
+            return
+        if not first:
+            return  # the client closed the connection
+        self.reader.deadline = time.monotonic() + rpc.request_timeout
+        # A slot per request, taken once it has started to arrive.
+        if not self.server.slots.acquire(timeout=rpc.slot_wait_s):
+            log.warning("rpc %s: too many requests at once; refusing one", rpc.path)
+            self.send_error(503, "server busy: too many requests")
+            return
+        try:
+            self._one_request(first)
+        finally:
+            self.server.slots.release()
+
+    def _first_byte(self) -> bytes:
+        """Peek the request's first byte; skip whitespace between bare JSON objects."""
+        first = self.rfile.peek(1)[:1]
+        if self.server.rpc.raw_json:
+            while first and first in _JSON_SPACE:
+                data = self.rfile.peek(65536)  # a whole run of whitespace at once
+                n = len(data) - len(data.lstrip(b" \t\r\n"))
+                self.rfile.read(n)
                 first = self.rfile.peek(1)[:1]
-            except TimeoutError:
-                return  # idle keep-alive connection: close quietly, nothing to answer
-            if not first:
-                return  # the client closed the connection
-            if self.server.rpc.raw_json and first in _JSON_SPACE:
-                while first and first in _JSON_SPACE:  # whitespace between bare objects
-                    self.rfile.read(1)
-                    first = self.rfile.peek(1)[:1]
-                if not first:
-                    return
-                self.close_connection = False
+        return first
+
+    def _one_request(self, first: bytes) -> None:
+        try:
             if first == b"{" and self.server.rpc.raw_json:
                 self.close_connection = False
                 self._raw_json()
@@ -248,7 +300,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not lengths:
             self.send_error(411, "Content-Length required")
             return
-        if len(set(lengths)) != 1 or not lengths[0].strip().isdigit():
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+        if len(set(lengths)) != 1 or not _ASCII_DIGITS.fullmatch(lengths[0].strip()):
             self.send_error(400, "bad Content-Length")
             return
         n = int(lengths[0])
@@ -260,7 +313,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True  # the client went away mid-body
             return
         with self.server.rpc.in_flight():
-            self._send(200, self.server.codec.handle(body))
+            reply, undo = self.server.codec.handle_undoable(body)
+            self._deliver(undo, lambda: self._send(200, reply))
+
+    def _deliver(self, undo: Undo, send: Callable[[], None]) -> None:
+        """Send a reply; if it cannot be delivered, undo what the call made."""
+        try:
+            send()
+        except OSError:
+            if undo is not None:
+                undo()
+            raise
 
     def _raw_json(self) -> None:
         """A bare JSON object, no HTTP: read exactly one object (tracking
@@ -307,20 +370,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(codec.failure("request not received in time") + b"\n")
             return
         with self.server.rpc.in_flight():
-            reply = codec.handle(b"".join(chunks))
-            self.request.settimeout(self.server.rpc.request_timeout)
-            self.wfile.write(reply + b"\n")
+            reply, undo = codec.handle_undoable(b"".join(chunks))
+
+            def send() -> None:
+                self.request.settimeout(self.server.rpc.request_timeout)
+                self.wfile.write(reply + b"\n")
+
+            self._deliver(undo, send)
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     block_on_close = False  # shutdown must not wait for stalled clients
-    request_queue_size = 32
+    request_queue_size = 128  # listen backlog: bursts wait here for accept()
 
     def __init__(self, rpc: RpcServer) -> None:
         self.rpc = rpc
         self.codec = rpc.codec
-        self._slots = threading.BoundedSemaphore(rpc.max_connections)
+        self.slots = threading.BoundedSemaphore(rpc.max_connections)
+        self._open = 0  # connections with a thread
         self._live: set[socket.socket] = set()
         self._live_lock = threading.Lock()
         self.ident: tuple[int, int] | None = None
@@ -338,12 +406,21 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         self.ident = (st.st_dev, st.st_ino)
         self.server_address = path
 
+    def service_actions(self) -> None:
+        if self.rpc.beat is not None:
+            self.rpc.beat()
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        # Waiting here leaves further callers in the listen backlog.
-        if not self._slots.acquire(timeout=self.rpc.slot_wait_s):
-            log.warning("rpc %s: too many connections; refusing one", self.rpc.path)
+        # Never waits: the accept loop must keep accepting (and beating).
+        with self._live_lock:
+            full = self._open >= self.rpc.max_open
+            if not full:
+                self._open += 1
+        if full:
+            log.warning("rpc %s: %d connections open; refusing one", self.rpc.path,
+                        self.rpc.max_open)
             with contextlib.suppress(OSError):
-                request.settimeout(1.0)
+                request.settimeout(0)  # never blocks the accept loop
                 request.sendall(
                     http_reply(
                         503,
@@ -357,7 +434,8 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            with self._live_lock:
+                self._open -= 1
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -368,7 +446,7 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         finally:
             with self._live_lock:
                 self._live.discard(request)
-            self._slots.release()
+                self._open -= 1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("rpc %s: error handling a connection", self.rpc.path)
@@ -436,6 +514,9 @@ class RpcServer:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         slot_wait_s: float = DEFAULT_SLOT_WAIT_S,
+        first_byte_timeout_s: float = DEFAULT_FIRST_BYTE_TIMEOUT,
+        max_open: int = DEFAULT_MAX_OPEN,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.dispatcher = dispatcher
@@ -446,6 +527,10 @@ class RpcServer:
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.slot_wait_s = slot_wait_s
+        self.first_byte_timeout_s = first_byte_timeout_s
+        self.max_open = max(max_open, max_connections)
+        self.heartbeats = heartbeats
+        self.beat: Callable[[], None] | None = None
         self._busy = 0  # requests between decoding and their reply being sent
         self._busy_cond = threading.Condition()
         self._server: _Server | None = None
@@ -462,9 +547,11 @@ class RpcServer:
         self.bind()
         assert self._server is not None
         if self._thread is None:
+            if self.heartbeats is not None:
+                self.beat = self.heartbeats.register(f"rpc {self.path}", HEARTBEAT_SILENCE_S)
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.5},
+                kwargs={"poll_interval": POLL_INTERVAL_S},
                 name=f"rpc {self.path}",
                 daemon=True,
             )
@@ -491,6 +578,9 @@ class RpcServer:
             srv.shutdown()
             self._thread.join()
             self._thread = None
+            if self.heartbeats is not None:
+                self.heartbeats.unregister(f"rpc {self.path}")
+                self.beat = None
         with self._busy_cond:
             if not self._busy_cond.wait_for(lambda: self._busy == 0, drain_s):
                 log.warning("rpc %s: %d requests still running at shutdown", self.path,

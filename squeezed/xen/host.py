@@ -154,6 +154,10 @@ def _xenstore_failures(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except XenstoreError as e:
+            if args and isinstance(args[0], XenHost) and args[0]._stop.is_set():
+                # The daemon is stopping and closed the client under us: the
+                # caller's answer is "shutting down", not a xenstore fault.
+                raise OperationAbandoned() from e
             log.error("%s: xenstore failed: %s", fn.__name__, e)
             raise InternalError(f"xenstore failed ({fn.__name__}): {e}") from e
     return wrapper  # type: ignore[return-value]
