@@ -34,13 +34,14 @@ PKG_FILES   = $(shell find squeezed -name __pycache__ -prune -o \( -type f -o -t
                 \( -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.toml' \
                    -o -name '*.json' -o -name py.typed \) -print)
 
-.PHONY: help test run lint bench test-xen docs install uninstall mutation
+.PHONY: help test run lint bench bench-scale test-xen docs install uninstall mutation
 
 help:
 	@echo "make test       run the test suite (./dev test)"
 	@echo "make run        run squeezed on the simulated host (./dev run)"
 	@echo "make lint       ruff check"
 	@echo "make bench      engine benchmark"
+	@echo "make bench-scale  a thousand guests: simulators, engine vs upstream, whole daemon"
 	@echo "make test-xen   tests against real Xen under QEMU"
 	@echo "make docs       regenerate docs/api.md from the IDL"
 	@echo "make mutation   mutation testing of the engine, service and codecs (slow)"
@@ -63,6 +64,10 @@ bench: $(STAMP)
 	$(VENV) bench/bench_engine.py
 	$(VENV) bench/bench_stack.py
 	$(VENV) bench/bench_switch.py
+
+# About 8 minutes; writes docs/benchmarks-scale.md (QUICK=1: fewer runs, ~4 minutes).
+bench-scale: $(STAMP)
+	$(VENV) bench/bench_scale.py $(if $(QUICK),--quick)
 
 test-xen: $(STAMP)
 	SQUEEZED_TEST_XEN=1 $(VENV) -m pytest -m xen tests/xen

@@ -382,7 +382,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     block_on_close = False  # shutdown must not wait for stalled clients
-    request_queue_size = 128  # listen backlog: bursts wait here for accept()
+    # A boot storm connects dozens of callers at once while the engine holds
+    # the GIL: a short backlog refused them with EAGAIN (bench/bench_scale.py).
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, rpc: RpcServer) -> None:
         self.rpc = rpc

@@ -349,6 +349,31 @@ class SimHypervisor:
             self._put(i, d, flags, new, mx, shadow)
         return new
 
+    def balloon_many(self, targets: list[tuple[int, int]]) -> dict[int, int]:
+        """`balloon_to` for many domains under one lock (the simulated guests'
+        shared timer): shrinking ones first, so growth can use what they give
+        back. Domains that are gone are left out of the result, which maps
+        domid to its new tot_pages."""
+        for _domid, pages in targets:
+            _check_pages("target_pages", pages)
+        out: dict[int, int] = {}
+        with self._locked(write=True):
+            todo = []
+            for domid, target_pages in targets:
+                i, found = self._index(domid)
+                if found:
+                    rec = self._record(i)
+                    todo.append((target_pages >= rec[2], i, rec, target_pages))
+            todo.sort(key=lambda t: t[0])
+            for _grows, i, (d, flags, tot, mx, shadow, _r), target_pages in todo:
+                new = target_pages
+                if target_pages > tot:
+                    new = min(target_pages, max(tot, mx), tot + self._phys()[1])
+                self._take(new - tot, f"ballooning domain {d}")
+                self._put(i, d, flags, new, mx, shadow)
+                out[d] = new
+        return out
+
     def set_max_pages(self, domid: int, pages: int) -> None:
         """What xc_domain_setmaxmem does, from the hypervisor side."""
         _check_pages("pages", pages)

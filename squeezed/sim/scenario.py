@@ -219,8 +219,8 @@ def _driver(c: _Checker, value: Any, key: str) -> Driver:
     cls = DRIVER_KINDS[kind]
     params = driver_params(kind)
     c.only(t, key, {"kind", *params})
-    signed = getattr(cls, "SIGNED", frozenset())
-    positive = getattr(cls, "POSITIVE", frozenset())
+    signed: frozenset[str] = getattr(cls, "SIGNED", frozenset())
+    positive: frozenset[str] = getattr(cls, "POSITIVE", frozenset())
     values = {}
     for name, typ in params.items():
         kind_ = "int" if typ is int else ("pos" if name in positive else "num")

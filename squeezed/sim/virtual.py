@@ -22,6 +22,15 @@ ones, transferred ones whose domain does not exist (yet), and, for each domain
 that has not booted (not written feature-balloon), the part of its
 initial-reservation it has not allocated yet. A transferred reservation whose
 domain exists counts only through that domain, never twice.
+
+Cost: a physics tick steps only the domains that can move (allocation off
+target, or a driver that moves at its target), O(N) at worst; a write
+(`set_target`, `set_maxmem`) is O(1). Under a real clock a write between two
+ticks does not advance the physics of the whole host: it records the value
+it replaces and the time, and the next tick moves that domain piecewise,
+with the old value up to the write and the new one after (drivers are exact
+for any split of time, see `squeezed.sim.drivers`). Under a virtual clock
+writes land exactly on a tick boundary, so nothing is split.
 """
 
 from __future__ import annotations
@@ -38,6 +47,9 @@ from squeezed.engine.model import DEFAULT_INACCURACY_KIB, Domain, Host
 from squeezed.engine.operations import OperationAbandoned
 from squeezed.errors import UnknownReservation
 from squeezed.sim.drivers import Driver, Stuck, bound, describe_driver
+
+_TIME_EPS_S = 1e-9
+_REAL_TICK_COST_FACTOR = 5  # under a real clock, a tick lasts >= 5x its CPU cost
 
 DEFAULT_TICK_S = 0.01
 DEFAULT_MAX_TICK_S = 0.5  # ticks grow up to this while nothing moves
@@ -168,11 +180,20 @@ class SimulatedHost:
         self._max_tick_s = max(tick_s, max_tick_s)
         self._tick_s = tick_s
         self._t_phys_s = self.clock.now()
+        # Under a real clock a tick must cost well under its own length, or
+        # physics falls ever further behind: ticks are then at least a few
+        # times what the last one cost (drivers are exact for any tick size;
+        # only competition for free memory is resolved more coarsely).
+        self._real_time = not isinstance(self.clock, VirtualClock)
+        self._min_tick_s = 0.0
         self._free_negative = False
         self._min_free_kib: int | None = None
         self._series: list[Sample] = []
         self._max_samples = max(2, max_samples)
         self._sample_every_s = tick_s
+        # Per domain, values replaced by writes since the last tick, oldest
+        # first: (time of the write, target before it, maxmem before it).
+        self._replaced: dict[int, list[tuple[float, int, int]]] = {}
         for d in domains:
             if d.domid in self._domains:
                 raise ValueError(f"duplicate domid {d.domid}")
@@ -212,27 +233,32 @@ class SimulatedHost:
 
     def set_target(self, domid: int, target_kib: int) -> None:
         with self._lock:
-            # Under a real clock, physics catches up first: the driver must not
-            # be credited with moving towards a target it did not have yet.
-            self._advance_to(self.clock.now())
             d = self._domains.get(domid)
             if d is None:
                 return  # gone: writing under a dead domain's path is harmless
             if target_kib > d.maxmem_kib:
                 self._violation(domid, "target_above_maxmem",
                                 f"target {target_kib} KiB > maxmem {d.maxmem_kib} KiB")
+            # The driver must not be credited with moving towards a target it
+            # did not have yet: remember until when the old one applied.
+            self._note_replaced(d)
             d.target_kib = target_kib
 
     def set_maxmem(self, domid: int, maxmem_kib: int) -> None:
         with self._lock:
-            self._advance_to(self.clock.now())
             d = self._domains.get(domid)
             if d is None:
                 return
             if maxmem_kib < d.target_kib:
                 self._violation(domid, "maxmem_below_target",
                                 f"maxmem {maxmem_kib} KiB < target {d.target_kib} KiB")
+            self._note_replaced(d)
             d.maxmem_kib = maxmem_kib
+
+    def _note_replaced(self, d: SimDomain) -> None:
+        t_s = self.clock.now()
+        if t_s - self._t_phys_s > _TIME_EPS_S:  # between ticks (real clock only)
+            self._replaced.setdefault(d.domid, []).append((t_s, d.target_kib, d.maxmem_kib))
 
     # ---- Backend ------------------------------------------------------------
 
@@ -398,7 +424,11 @@ class SimulatedHost:
             for r in self._reservations.values()
             if r.in_transfer_domid is None or r.in_transfer_domid not in self._domains
         )
-        return total + sum(d.unallocated_initial_kib() for d in self._domains.values())
+        return total + sum(
+            max(0, d.initial_reservation_kib - d.actual_kib)  # unallocated_initial_kib
+            for d in self._domains.values()
+            if d.initial_reservation_kib is not None and not d.can_balloon
+        )
 
     def total_kib(self) -> int:
         """Physical memory: free plus every domain's allocation (conserved,
@@ -422,48 +452,108 @@ class SimulatedHost:
     # ---- physics ----------------------------------------------------------------
 
     def _advance_to(self, t_end_s: float) -> None:
-        while t_end_s - self._t_phys_s > 1e-9:
-            dt_s = min(self._tick_s, t_end_s - self._t_phys_s)
-            due = [
-                d.destroy_at_s for d in self._domains.values()
-                if d.destroy_at_s is not None and d.destroy_at_s > self._t_phys_s
-            ]
-            if due and min(due) < self._t_phys_s + dt_s:
-                dt_s = min(due) - self._t_phys_s  # land exactly on the destruction
+        if t_end_s - self._t_phys_s <= _TIME_EPS_S:
+            self._t_phys_s = max(self._t_phys_s, t_end_s)
+            return
+        # Domains due for destruction, looked up once per call, not per tick.
+        doomed = [d for d in self._domains.values() if d.destroy_at_s is not None]
+        due = sorted(d.destroy_at_s for d in doomed
+                     if d.destroy_at_s is not None and d.destroy_at_s > self._t_phys_s)
+        while t_end_s - self._t_phys_s > _TIME_EPS_S:
+            dt_s = min(max(self._tick_s, self._min_tick_s), t_end_s - self._t_phys_s)
+            while due and due[0] <= self._t_phys_s:
+                due.pop(0)
+            if due and due[0] < self._t_phys_s + dt_s:
+                dt_s = due[0] - self._t_phys_s  # land exactly on the destruction
             t1_s = self._t_phys_s + dt_s
+            cost_s = time.perf_counter() if self._real_time else 0.0
             moved = self._tick(t1_s, dt_s)
             self._t_phys_s = t1_s
-            moved = self._destroy_due(t1_s) or moved
+            if doomed:
+                moved = self._destroy_due(t1_s, doomed) or moved
             self._check_free()
             self._sample(t1_s)
+            if self._real_time:
+                cost_s = time.perf_counter() - cost_s
+                self._min_tick_s = 0.5 * (self._min_tick_s + _REAL_TICK_COST_FACTOR * cost_s)
             # Fine ticks while memory moves; coarse ones when all is still.
             self._tick_s = self._base_tick_s if moved else min(2 * self._tick_s, self._max_tick_s)
         self._t_phys_s = max(self._t_phys_s, t_end_s)
 
     def _tick(self, t1_s: float, dt_s: float) -> bool:
         moved = False
-        # Domains giving memory back go first: within one tick the host sees
-        # frees before allocations, as it would with truly parallel drivers.
-        for d in sorted(self._domains.values(), key=lambda d: d.actual_kib <= d.target_kib):
-            new = d.driver.step(t1_s, dt_s, d.actual_kib, d.target_kib, d.maxmem_kib,
-                                self._raw_free_kib)
-            # The hypervisor enforces physics whatever the driver asks for.
-            new = bound(d.actual_kib, new, d.maxmem_kib, self._raw_free_kib)
-            if new != d.actual_kib:
-                self._raw_free_kib -= new - d.actual_kib
-                d.actual_kib = new
-                moved = True
+        replaced = self._replaced
+        # Only domains that can move; those giving memory back go first: within
+        # one tick the host sees frees before allocations, as it would with
+        # truly parallel drivers.
+        giving: list[SimDomain] = []
+        taking: list[SimDomain] = []
+        for d in self._domains.values():
+            if d.actual_kib > d.target_kib:
+                giving.append(d)
+            elif (d.actual_kib != d.target_kib or d.domid in replaced
+                  or not getattr(d.driver, "STILL_AT_TARGET", False)):
+                taking.append(d)
+        for group in (giving, taking):
+            for d in group:
+                before_kib = d.actual_kib
+                segments = replaced.get(d.domid) if replaced else None
+                if segments:
+                    self._step_written(d, t1_s, dt_s, segments)
+                    moved = moved or d.actual_kib != before_kib
+                    continue
+                # _step, inlined: this loop runs for every moving domain.
+                new = d.driver.step(t1_s, dt_s, before_kib, d.target_kib, d.maxmem_kib,
+                                    self._raw_free_kib)
+                if new > before_kib or new < 0:
+                    new = bound(before_kib, new, d.maxmem_kib, self._raw_free_kib)
+                if new != before_kib:
+                    self._raw_free_kib -= new - before_kib
+                    d.actual_kib = new
+                    moved = True
         return moved
 
-    def _destroy_due(self, t_s: float) -> bool:
-        due = [d.domid for d in self._domains.values()
-               if d.destroy_at_s is not None and d.destroy_at_s <= t_s + 1e-9]
+    def _step_written(self, d: SimDomain, t1_s: float, dt_s: float,
+                      segments: list[tuple[float, int, int]]) -> None:
+        """A tick of a domain written since the last one: each old value
+        applies up to the write that replaced it."""
+        t_s = t1_s - dt_s
+        while segments and segments[0][0] <= t1_s:
+            tw_s, target_kib, maxmem_kib = segments.pop(0)
+            if tw_s > t_s:
+                self._step(d, tw_s, tw_s - t_s, d.actual_kib, target_kib, maxmem_kib)
+                t_s = tw_s
+        if segments:  # written after this tick: the first write's old values hold
+            _, target_kib, maxmem_kib = segments[0]
+        else:
+            del self._replaced[d.domid]
+            target_kib, maxmem_kib = d.target_kib, d.maxmem_kib
+        if t1_s > t_s:
+            self._step(d, t1_s, t1_s - t_s, d.actual_kib, target_kib, maxmem_kib)
+
+    def _step(self, d: SimDomain, t1_s: float, dt_s: float, actual_kib: int, target_kib: int,
+              maxmem_kib: int) -> int:
+        """One driver step; the domain's allocation and host free memory follow."""
+        new = d.driver.step(t1_s, dt_s, actual_kib, target_kib, maxmem_kib, self._raw_free_kib)
+        # The hypervisor enforces physics whatever the driver asks for.
+        new = bound(actual_kib, new, maxmem_kib, self._raw_free_kib)
+        if new != actual_kib:
+            self._raw_free_kib -= new - actual_kib
+            d.actual_kib = new
+        return new
+
+    def _destroy_due(self, t_s: float, candidates: Iterable[SimDomain] | None = None) -> bool:
+        pool = self._domains.values() if candidates is None else candidates
+        due = [d.domid for d in pool
+               if d.destroy_at_s is not None and d.destroy_at_s <= t_s + _TIME_EPS_S
+               and self._domains.get(d.domid) is d]
         for domid in due:
             self._destroy(domid, t_s)
         return bool(due)
 
     def _destroy(self, domid: int, t_s: float) -> None:
         d = self._domains.pop(domid, None)
+        self._replaced.pop(domid, None)
         if d is None:
             return
         self._raw_free_kib += d.actual_kib

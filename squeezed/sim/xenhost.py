@@ -11,6 +11,13 @@ The simulator plays the parts squeezed does not: the toolstack (xenopsd
 writes a new domain's memory keys; the domain builder allocates the
 initial reservation, bounded by maxmem) and the guests (a booted guest
 writes control/feature-balloon, then its driver moves tot_pages).
+
+Guests are event-driven: a write to a guest's memory/target or
+memory/initial-reservation (seen through xenstored's write hook) makes it
+active, and one shared timer moves the active guests every `tick_s`; a guest
+at its target (whose driver stays put there) or waiting for a reservation
+drops out, and with none active the timer sleeps until the next write or the
+next scheduled destruction. An idle host of any size therefore costs nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ log = logging.getLogger("squeezed.sim.xenhost")
 
 PAGE_KIB = 4
 DEFAULT_RATE_KIB_S = 1 << 20
+# The guests' timer gives up the GIL every this many guests: without it a
+# tick over a thousand guests held xenstored (same process) up for a whole
+# switch interval (5 ms) at a time.
+_YIELD_EVERY = 100
 
 
 def ideal_driver(rate_kib_s: int = DEFAULT_RATE_KIB_S) -> Driver:
@@ -76,8 +87,10 @@ class SimulatedXenHost:
         self.libxenctrl_path: str | None = None
         self.guests: dict[int, SimGuest] = {}
         self._targets: dict[int, int] = {}
+        self._active: set[int] = set()  # guests the timer must move (see the module doc)
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # something became active (or stop)
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
 
@@ -102,6 +115,7 @@ class SimulatedXenHost:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread:
             self._thread.join()
         self.xenstored.stop()
@@ -143,6 +157,7 @@ class SimulatedXenHost:
                      booted=True, can_balloon=can_balloon)
         with self._lock:
             self.guests[domid] = g
+        self.activate(domid)
         self._write_policy(domid, domain_type, target_kib, dynamic_min_kib, dynamic_max_kib,
                            max(dynamic_max_kib, target_kib))
         self.xenstored.write(f"/local/domain/{domid}/memory/memory-offset", str(offset_kib))
@@ -175,6 +190,7 @@ class SimulatedXenHost:
                      can_balloon=can_balloon)
         with self._lock:
             self.guests[domid] = g
+        self.activate(domid)
         self._write_policy(domid, domain_type, target_kib, dynamic_min_kib, dynamic_max_kib,
                            static_max_kib or dynamic_max_kib)
         self.xenstored.introduce_domain(domid)
@@ -185,6 +201,7 @@ class SimulatedXenHost:
         with self._lock:
             self.guests.pop(domid, None)
             self._targets.pop(domid, None)
+            self._active.discard(domid)
         try:
             self.hv.destroy_domain(domid)
         except NoSuchDomain:
@@ -204,24 +221,54 @@ class SimulatedXenHost:
 
     # -- the guests' part ----------------------------------------------------
 
+    def activate(self, domid: int) -> None:
+        """Let the timer look at this guest again (its driver, maxmem or
+        allocation changed behind the simulator's back)."""
+        with self._lock:
+            self._active.add(domid)
+        self._wake.set()
+
     def _on_write(self, path: str, value: str | None) -> None:
         parts = path.strip("/").split("/")
-        if len(parts) == 5 and parts[:2] == ["local", "domain"] and parts[3:] == [
-            "memory", "target"
-        ]:
+        if len(parts) == 5 and parts[:2] == ["local", "domain"] and parts[3] == "memory":
+            if parts[4] not in ("target", "initial-reservation"):
+                return
             try:
                 domid = int(parts[2])
                 with self._lock:
-                    if value is None:
-                        self._targets.pop(domid, None)
-                    else:
-                        self._targets[domid] = int(value)
+                    if parts[4] == "target":
+                        if value is None:
+                            self._targets.pop(domid, None)
+                        else:
+                            self._targets[domid] = int(value)
+                    self._active.add(domid)
             except ValueError:
-                pass
+                return
+            self._wake.set()
 
     def _run(self) -> None:
         last = time.monotonic()
-        while not self._stop.wait(self.tick_s):
+        cost_s = 0.0
+        while not self._stop.is_set():
+            with self._lock:
+                idle = not self._active
+            if idle:
+                # Nothing moves: sleep until a write wakes a guest, or until
+                # the next scheduled destruction.
+                self._wake.clear()
+                with self._lock:
+                    idle = not self._active
+                    due = [g.destroy_at_s for g in self.guests.values()
+                           if g.destroy_at_s is not None]
+                if idle:
+                    timeout_s = None if not due else max(0.0, min(due) - self.now())
+                    self._wake.wait(timeout_s)
+                last = time.monotonic() - self.tick_s
+            else:
+                # A tick must cost well under its length, or the guests' timer
+                # starves xenstored (same process): ticks last >= 5x their cost
+                # (drivers are exact for any tick length).
+                self._stop.wait(max(self.tick_s, 5 * cost_s))
             now = time.monotonic()
             dt = now - last
             last = now
@@ -229,42 +276,68 @@ class SimulatedXenHost:
                 self.tick(self.now(), dt)
             except Exception:  # a simulator bug must not kill the host silently
                 log.exception("simulated guests: tick failed")
+            cost_s = time.monotonic() - now
 
     def tick(self, now_s: float, dt_s: float) -> None:
+        """Move the active guests (and destroy those due): one read of the
+        domain list and one batch of allocation changes for all of them."""
         assert self.hv is not None
         with self._lock:
-            guests = list(self.guests.values())
+            doomed = [g for g in self.guests.values()
+                      if g.destroy_at_s is not None and now_s >= g.destroy_at_s]
+            guests = [g for domid in sorted(self._active)
+                      if (g := self.guests.get(domid)) is not None]
+            self._active.clear()
             targets = dict(self._targets)
-        for g in guests:
-            if g.destroy_at_s is not None and now_s >= g.destroy_at_s:
-                self.destroy_domain(g.domid)
+        for g in doomed:
+            self.destroy_domain(g.domid)
+        if not guests:
+            return
+        infos = {d.domid: d for d in self.hv.domains()}
+        free_kib = self.hv.free_pages * PAGE_KIB
+        again: set[int] = set()
+        moves: dict[int, tuple[int, int, bool]] = {}  # domid -> (pages, kib, stays put there)
+        for n, g in enumerate(guests):
+            if n % _YIELD_EVERY == _YIELD_EVERY - 1:
+                time.sleep(0)  # let xenstored (same process) answer meanwhile
+            d = infos.get(g.domid)
+            if d is None or (g.destroy_at_s is not None and now_s >= g.destroy_at_s):
                 continue
-            try:
-                d = self.hv.get_domain(g.domid)
-            except NoSuchDomain:
-                continue
-            overhead = 0 if g.domain_type == "pv" else 1024
-            maxmem_kib = max(0, d.max_pages * PAGE_KIB - overhead - g.offset_kib)
-            free_kib = self.hv.free_pages * PAGE_KIB
-            actual_kib = d.tot_pages * PAGE_KIB - g.offset_kib
             if not g.booted:
-                self._build(g, d.tot_pages * PAGE_KIB, d.max_pages * PAGE_KIB, dt_s)
+                if self._build(g, d.tot_pages * PAGE_KIB, d.max_pages * PAGE_KIB, dt_s):
+                    again.add(g.domid)
                 continue
             target = targets.get(g.domid)
             if target is None:
-                continue
+                continue  # woken again when a target is written
+            overhead = 0 if g.domain_type == "pv" else 1024
+            maxmem_kib = max(0, d.max_pages * PAGE_KIB - overhead - g.offset_kib)
+            actual_kib = d.tot_pages * PAGE_KIB - g.offset_kib
             new_kib = g.driver.step(now_s, dt_s, actual_kib, target, maxmem_kib, free_kib)
+            # Page rounding: an allocation within a page of its target is there.
+            done = (abs(new_kib - target) < PAGE_KIB
+                    and getattr(g.driver, "STILL_AT_TARGET", False))
             if new_kib != actual_kib:
-                try:
-                    self.hv.balloon_to(g.domid, max(0, new_kib + g.offset_kib) // PAGE_KIB)
-                except (InsufficientMemory, NoSuchDomain):
-                    pass
+                pages = max(0, new_kib + g.offset_kib) // PAGE_KIB
+                moves[g.domid] = (pages, new_kib, done)
+                free_kib -= (pages - d.tot_pages) * PAGE_KIB
+            elif not done:
+                again.add(g.domid)
+        if moves:
+            got = self.hv.balloon_many([(domid, m[0]) for domid, m in moves.items()])
+            for domid, (pages, _kib, done) in moves.items():
+                if domid in got and (got[domid] != pages or not done):
+                    again.add(domid)  # clamped by Xen, or still on its way
+        if again:
+            with self._lock:
+                self._active.update(domid for domid in again if domid in self.guests)
 
-    def _build(self, g: SimGuest, tot_kib: int, max_kib: int, dt_s: float) -> None:
+    def _build(self, g: SimGuest, tot_kib: int, max_kib: int, dt_s: float) -> bool:
+        """The domain builder's tick; True while there is more to do."""
         assert self.hv is not None
         raw = self.xenstored.read(f"/local/domain/{g.domid}/memory/initial-reservation")
         if raw is None:
-            return  # the toolstack has not transferred a reservation yet
+            return False  # woken when the toolstack transfers a reservation
         want_kib = int(raw)
         if tot_kib < want_kib:
             step_kib = max(PAGE_KIB, int(g.build_rate_kib_s * dt_s))
@@ -274,7 +347,7 @@ class SimulatedXenHost:
                     self.hv.balloon_to(g.domid, new_kib // PAGE_KIB)
                 except InsufficientMemory:
                     pass
-            return
+            return True
         # Built: the guest boots. What the builder gave beyond the target
         # (e.g. firmware, video RAM) is invisible to its balloon driver.
         target_kib = self._targets.get(g.domid, tot_kib)
@@ -285,3 +358,4 @@ class SimulatedXenHost:
         if g.can_balloon:
             self.xenstored.write(f"{base}/control/feature-balloon", "1")
         self.xenstored.write(f"{base}/data/updated", "1")
+        return True  # now its driver follows the target

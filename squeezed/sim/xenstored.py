@@ -17,6 +17,7 @@ Every socket client is treated as dom0 (relative paths resolve under
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import logging
 import os
@@ -95,10 +96,11 @@ class Node:
     perms: tuple[str, ...]
     gen: int  # changes whenever value, perms or the set of children change
     children: dict[str, Node] = field(default_factory=dict)
+    owner: object = None  # the one Tree that may change this node in place
 
-    def clone(self) -> Node:
-        kids = {k: v.clone() for k, v in self.children.items()}
-        return Node(self.value, self.perms, self.gen, kids)
+    def copy(self, owner: object) -> Node:
+        """A shallow copy (children shared) for `owner` to change."""
+        return Node(self.value, self.perms, self.gen, dict(self.children), owner)
 
 
 Touch = Callable[[str, "Node | None"], None]
@@ -106,12 +108,41 @@ Touch = Callable[[str, "Node | None"], None]
 
 class Tree:
     """A xenstore tree.  ``touch(path, node)`` is called before any node is read or changed,
-    which is how a transaction records what it depends on."""
+    which is how a transaction records what it depends on.
+
+    Trees share nodes: `snapshot()` is O(1), and a tree changes only nodes it
+    owns, copying a shared one (and its ancestors) before its first change.
+    A transaction therefore starts in constant time and sees a true snapshot,
+    while the committed tree pays one path copy per node changed after it."""
 
     def __init__(self, root: Node, gens: Iterator[int], touch: Touch | None = None) -> None:
+        self._owner = object()
         self.root = root
         self._gens = gens
         self._touch = touch
+
+    def snapshot(self, touch: Touch | None = None) -> Tree:
+        """A new tree with this one's content; neither sees the other's changes."""
+        self._owner = object()  # every node is shared from now on
+        return Tree(self.root, self._gens, touch)
+
+    def _own(self, parent: Node, name: str, child: Node) -> Node:
+        if child.owner is not self._owner:
+            child = child.copy(self._owner)
+            parent.children[name] = child
+        return child
+
+    def _own_root(self) -> Node:
+        if self.root.owner is not self._owner:
+            self.root = self.root.copy(self._owner)
+        return self.root
+
+    def _edit(self, path: str) -> Node:
+        """The node at ``path`` (which exists), made this tree's own to change."""
+        node = self._own_root()
+        for c in _components(path):
+            node = self._own(node, c, node.children[c])
+        return node
 
     def _t(self, path: str, node: Node | None) -> None:
         if self._touch is not None:
@@ -143,13 +174,14 @@ class Tree:
         return self._get(path).perms
 
     def set_perms(self, path: str, perms: tuple[str, ...]) -> None:
-        node = self._get(path)
+        self._get(path)
+        node = self._edit(path)
         node.perms = perms
         node.gen = next(self._gens)
 
     def _create(self, path: str) -> tuple[Node, bool]:
         """Find or create ``path`` and its missing ancestors (which get empty values)."""
-        node = self.root
+        node = self._own_root()
         acc = ""
         created = False
         for c in _components(path):
@@ -159,10 +191,12 @@ class Tree:
                 # The parent's child set changes; record both before mutating.
                 self._t(_parent(acc), node)
                 self._t(acc, None)
-                child = Node(b"", node.perms, next(self._gens))
+                child = Node(b"", node.perms, next(self._gens), {}, self._owner)
                 node.children[c] = child
                 node.gen = next(self._gens)
                 created = True
+            else:
+                child = self._own(node, c, child)
             node = child
         return node, created
 
@@ -195,6 +229,7 @@ class Tree:
         self._t(path, parent.children.get(name))
         if name not in parent.children:
             return False
+        parent = self._edit(parent_path)
         del parent.children[name]
         parent.gen = next(self._gens)
         return True
@@ -209,6 +244,7 @@ class _Watch:
     node: str  # absolute path or a special "@..." name
     token: str
     relative: bool  # registered with a relative path: events are reported relative
+    seq: int = 0  # registration order: events go out in this order
 
 
 @dataclass(slots=True)
@@ -224,7 +260,7 @@ class _Txn:
 class _Conn:
     id: int
     domid: int = 0
-    watches: list[_Watch] = field(default_factory=list)
+    watches: dict[tuple[str, str], _Watch] = field(default_factory=dict)  # (node, token)
     txns: dict[int, _Txn] = field(default_factory=dict)
 
 
@@ -243,6 +279,9 @@ class XenstoreCore:
             self.tree.mkdir(p)
         self._conns: dict[int, _Conn] = {}
         self._conn_ids = itertools.count(1)
+        self._watch_seq = itertools.count(1)
+        self._by_node: dict[str, dict[int, _Watch]] = {}  # watched node -> watches by seq
+        self._below: dict[str, int] = {}  # path -> watched nodes strictly below it
         self._txn_ids = itertools.count(1)
         self._introduced: set[int] = {0}
         self._outbox: list[tuple[int, Packet]] = []
@@ -258,7 +297,9 @@ class XenstoreCore:
 
     def disconnect(self, conn_id: int) -> None:
         """Drop the connection's watches and abort its transactions."""
-        self._conns.pop(conn_id, None)
+        conn = self._conns.pop(conn_id, None)
+        if conn is not None:
+            self._drop_watches(conn)
 
     def connection_ids(self) -> list[int]:
         return list(self._conns)
@@ -299,19 +340,66 @@ class XenstoreCore:
                 path = path[len(prefix) :]
         self._outbox.append((w.conn, watch_event(path, w.token)))
 
+    def _add_watch(self, conn: _Conn, w: _Watch) -> None:
+        w.seq = next(self._watch_seq)
+        conn.watches[(w.node, w.token)] = w
+        if w.node not in self._by_node:
+            self._by_node[w.node] = {}
+            self._count_below(w.node, 1)
+        self._by_node[w.node][w.seq] = w
+
+    def _drop_watch(self, conn: _Conn, w: _Watch) -> None:
+        del conn.watches[(w.node, w.token)]
+        ws = self._by_node[w.node]
+        del ws[w.seq]
+        if not ws:
+            del self._by_node[w.node]
+            self._count_below(w.node, -1)
+
+    def _count_below(self, node: str, delta: int) -> None:
+        """Count a watched node under each of its proper ancestors, so that a
+        removal looks for watches below it only where there are some."""
+        if node.startswith("@"):
+            return
+        p = node
+        while p != "/":
+            p = _parent(p)
+            n = self._below.get(p, 0) + delta
+            if n:
+                self._below[p] = n
+            else:
+                self._below.pop(p, None)
+
+    def _drop_watches(self, conn: _Conn) -> None:
+        for w in list(conn.watches.values()):
+            self._drop_watch(conn, w)
+
     def fire(self, path: str, *, removed: bool = False) -> None:
         """Queue events for a change at ``path``.  Watches on ``path`` or an ancestor see
-        ``path``; on removal, watches strictly below it also fire, with their own path."""
-        special = path.startswith("@")
-        for conn in self._conns.values():
-            for w in conn.watches:
-                if special or w.node.startswith("@"):
-                    if w.node == path:
-                        self._emit(w, path)
-                elif is_child(path, w.node):
-                    self._emit(w, path)
-                elif removed and is_child(w.node, path):
-                    self._emit(w, w.node)
+        ``path``; on removal, watches strictly below it also fire, with their own path.
+        Watches are found through an index by node: the cost is the path's depth
+        (plus one pass over the watched nodes on removal), not the number of watches."""
+        by_node = self._by_node
+        hits: list[tuple[_Watch, str]] = []
+        if path.startswith("@"):
+            hits.extend((w, path) for w in by_node.get(path, {}).values())
+        else:
+            p = path
+            while True:
+                ws = by_node.get(p)
+                if ws:
+                    hits.extend((w, path) for w in ws.values())
+                if p == "/":
+                    break
+                p = _parent(p)
+            if removed and self._below.get(path):
+                prefix = path + "/"
+                for node, ws in by_node.items():
+                    if node.startswith(prefix):
+                        hits.extend((w, node) for w in ws.values())
+        hits.sort(key=lambda h: h[0].seq)
+        for w, p in hits:
+            self._emit(w, p)
 
     # committed (non-transactional) mutations: every one fires watches and hooks
 
@@ -353,7 +441,7 @@ class XenstoreCore:
             if path not in accessed:
                 accessed[path] = None if node is None else node.gen
 
-        tree = Tree(self.tree.root.clone(), self._gens, touch)
+        tree = self.tree.snapshot(touch)
         txn = _Txn(next(self._txn_ids), conn.id, tree, accessed)
         conn.txns[txn.id] = txn
         return txn
@@ -466,24 +554,24 @@ class XenstoreCore:
             return OK
         if op == Op.WATCH:
             path_s, token = self._args(pkt, 2)[:2]
-            node = self.canonical(path_s, conn.domid, allow_special=True)
-            if any(w.node == node and w.token == token for w in conn.watches):
+            watched = self.canonical(path_s, conn.domid, allow_special=True)
+            if (watched, token) in conn.watches:
                 raise XsError("EEXIST")
-            w = _Watch(conn.id, node, token, relative=not path_s.startswith(("/", "@")))
-            conn.watches.append(w)
+            w = _Watch(conn.id, watched, token, relative=not path_s.startswith(("/", "@")))
+            self._add_watch(conn, w)
             # Fired once up front (as the real daemons do): simplifies clients and restarts.
-            self._emit(w, node)
+            self._emit(w, watched)
             return OK
         if op == Op.UNWATCH:
             path_s, token = self._args(pkt, 2)[:2]
-            node = self.canonical(path_s, conn.domid, allow_special=True)
-            for i, w in enumerate(conn.watches):
-                if w.node == node and w.token == token:
-                    del conn.watches[i]
-                    return OK
-            raise XsError("ENOENT")
+            watched = self.canonical(path_s, conn.domid, allow_special=True)
+            found = conn.watches.get((watched, token))
+            if found is None:
+                raise XsError("ENOENT")
+            self._drop_watch(conn, found)
+            return OK
         if op == Op.RESET_WATCHES:
-            conn.watches.clear()
+            self._drop_watches(conn)
             conn.txns.clear()
             return OK
         if op == Op.TRANSACTION_START:
@@ -576,6 +664,9 @@ class Xenstored:
         self._wake_w: socket.socket | None = None
         self._sel: selectors.BaseSelector | None = None
         self._stopping = False
+        # Requests served over the socket, by operation name (an instrument for
+        # benchmarks: e.g. how many READs an idle daemon makes).
+        self.requests: collections.Counter[str] = collections.Counter()
 
     # lifecycle
 
@@ -828,6 +919,8 @@ class Xenstored:
             with self._lock:
                 if client.id not in self._clients:
                     return
+                op = pkt.op
+                self.requests[op.name if op is not None else str(pkt.type)] += 1
                 try:
                     self._core.handle(client.id, pkt)
                 finally:

@@ -141,6 +141,7 @@ def _checked(keys: dict[str, str | None], key: str, lo: int, hi: int) -> int | N
 class _Cached:
     keys: dict[str, str | None] = field(default_factory=dict)
     writes: int = 0  # bumped by our own writes: a read older than one is stale
+    version: int = 0  # bumped whenever keys change (a refresh or our own write)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -202,6 +203,10 @@ class XenHost:
         self._watcher: WatcherLike | None = None
         self._sync = threading.Condition()
         self._processed_seq = 0
+        # A booted domain's engine view, kept while neither its hypervisor
+        # figures nor its cached keys change: a snapshot of a quiet host of
+        # a thousand domains rebuilds none of them (issue 12).
+        self._views: dict[int, tuple[tuple[Any, ...], Domain]] = {}
 
     # -- cache -------------------------------------------------------------
 
@@ -221,8 +226,30 @@ class XenHost:
                 c = self._cache.setdefault(domid, _Cached())
                 if c.writes == before:
                     c.keys = keys
+                    c.version += 1
                     return keys
         return keys
+
+    def refresh_key(self, domid: int, key: str) -> None:
+        """Re-read one of a domain's keys into the cache (the whole domain if
+        it was never read), with the same guard against our own writes as
+        `refresh_domain`."""
+        for _ in range(8):
+            with self._lock:
+                c = self._cache.get(domid)
+                if c is None or not c.keys:
+                    break
+                before = c.writes
+            value = self.xs.read(f"{domain_path(domid)}/{key}")
+            with self._lock:
+                c = self._cache.get(domid)
+                if c is None:
+                    break
+                if c.writes == before:
+                    c.keys[key] = value
+                    c.version += 1
+                    return
+        self.refresh_domain(domid)
 
     def _keys(self, domid: int) -> dict[str, str | None]:
         with self._lock:
@@ -237,12 +264,14 @@ class XenHost:
             if c is not None:
                 c.keys[key] = value
                 c.writes += 1
+                c.version += 1
 
     def forget_gone(self, live: set[int]) -> None:
         with self._lock:
             for domid in [d for d in self._cache if d not in live]:
                 del self._cache[domid]
                 self._types.pop(domid, None)
+                self._views.pop(domid, None)
             for domid in [d for d in self._last_cooperative_s if d not in live]:
                 self._last_cooperative_s.pop(domid, None)
                 self._uncooperative.discard(domid)
@@ -257,8 +286,8 @@ class XenHost:
     ) -> None:
         """Keep the cache fresh from xenstore watches until `stop` is set.
 
-        Only the tokens are used: any event for a domain re-reads its keys,
-        which also coalesces bursts into one refresh per domain. `beat` is
+        An event for one of a domain's keys re-reads that key; any other event
+        for the domain re-reads all its keys. `beat` is
         called every time round (at least every 0.5 s while healthy). Raises
         if the watcher's reader thread dies: events would stop for ever and
         the cache go stale, so the supervisor starts a fresh watcher, which
@@ -298,12 +327,18 @@ class XenHost:
                 events = watcher.events(0.5)
                 seq = watcher.drained_seq
                 dirty: set[int] = set()
+                changed: set[tuple[int, str]] = set()  # (domid, key) whose watch fired
                 resync = False
-                for _path, token in events:
+                for path, token in events:
                     if token in (INTRODUCE_TOKEN, RELEASE_TOKEN):
                         resync = True
                     elif token.startswith("squeezed:domain-"):
-                        dirty.add(int(token.rsplit("-", 1)[1]))
+                        domid = int(token.rsplit("-", 1)[1])
+                        key = path[len(domain_path(domid)) + 1:]
+                        if path.startswith(domain_path(domid) + "/") and key in DOMAIN_KEYS:
+                            changed.add((domid, key))
+                        else:
+                            dirty.add(domid)
                     else:  # e.g. the watcher's reconnection marker
                         resync = True
                         dirty.update(watched)
@@ -311,6 +346,11 @@ class XenHost:
                     sync_domains()
                 for domid in dirty & watched:
                     self.refresh_domain(domid)
+                # Each key has its own watch: re-read only the keys that fired
+                # (the echo of our own target write is one read, not nine).
+                for domid, key in sorted(changed):
+                    if domid in watched and domid not in dirty:
+                        self.refresh_key(domid, key)
                 with self._sync:
                     self._processed_seq = seq
                     self._sync.notify_all()
@@ -503,6 +543,25 @@ class XenHost:
         """The engine's view of one domain and the part of its initial
         reservation not allocated yet; (None, 0) for a domain upstream skips.
         Raises _Invalid for values outside what the host could hold."""
+        with self._lock:
+            c = self._cache.get(di.domid)
+            memo = None
+            if c is not None and self._watching and di.domid != 0:
+                memo = (di.tot_pages, di.max_pages, di.hvm, total_kib, c.version)
+                seen = self._views.get(di.domid)
+                if seen is not None and seen[0] == memo:
+                    return seen[1], 0
+        d, unaccounted_kib = self._domain_view(di, calibrate, total_kib)
+        if memo is not None and d is not None and c is not None and (
+                c.keys.get("control/feature-balloon") is not None
+                or c.keys.get("data/updated") is not None):
+            # Booted (an unbooted domain's view reads xenstore afresh).
+            with self._lock:
+                self._views[di.domid] = (memo, d)
+        return d, unaccounted_kib
+
+    def _domain_view(self, di: DomainInfo, calibrate: bool, total_kib: int
+                     ) -> tuple[Domain | None, int]:
         keys = self._keys(di.domid)
         dtype = self._domain_type(keys, di.hvm)
         with self._lock:
