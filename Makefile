@@ -21,13 +21,16 @@ MANDIR     ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 # systemd only reads units from fixed places, so this does not follow PREFIX.
 UNITDIR    ?= /lib/systemd/system
+# bash-completion's directory for completions loaded on demand.
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 # The interpreter the installed programs run with (their #! line).
 PYTHON     ?= /usr/bin/python3
 
 VENV       := .venv/bin/python
 STAMP      := .venv/.installed
-# Files of the package that are installed (as in pyproject's package-data).
-PKG_FILES   = $(shell find squeezed -name __pycache__ -prune -o -type f \
+# Files of the package that are installed (as in pyproject's package-data). Symlinks
+# too: squeezed/_idl/memory.json points at idl/memory.json (install copies the target).
+PKG_FILES   = $(shell find squeezed -name __pycache__ -prune -o \( -type f -o -type l \) \
                 \( -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.toml' \
                    -o -name '*.json' -o -name py.typed \) -print)
 
@@ -77,9 +80,12 @@ mutation: $(STAMP)
 	MUTATION_DIR=$(MUTATION_DIR) $(VENV) tools/mutation.py $(GROUPS)
 
 # Through a temporary file, so that a failure does not leave an empty docs/api.md.
+# squeezectl's bash completion is generated from its parser (so from the IDL) too.
 docs: $(STAMP)
 	$(VENV) -m squeezed.idl --markdown > docs/api.md.tmp
 	mv docs/api.md.tmp docs/api.md
+	$(VENV) -m squeezed.ctl.completion > squeezectl.bash-completion.tmp
+	mv squeezectl.bash-completion.tmp squeezectl.bash-completion
 
 # A wrapper: @MODULE@ is the module whose main() runs, @LIBREL@ the package directory
 # relative to the wrapper's own directory.
@@ -122,6 +128,8 @@ install:
 	    > "$(DESTDIR)$(UNITDIR)/squeezed.service"
 	chmod 0644 "$(DESTDIR)$(UNITDIR)/squeezed.service"
 	install -D -m 0644 docs/squeezed.8 "$(DESTDIR)$(MANDIR)/man8/squeezed.8"
+	install -D -m 0644 docs/squeezectl.1 "$(DESTDIR)$(MANDIR)/man1/squeezectl.1"
+	install -D -m 0644 squeezectl.bash-completion "$(DESTDIR)$(COMPLETIONDIR)/squeezectl"
 	@# Never overwrite an administrator's configuration.
 	@if [ -e "$(DESTDIR)$(SYSCONFDIR)/squeezed.conf" ]; then \
 	    echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/squeezed.conf"; \
@@ -134,6 +142,7 @@ install:
 uninstall:
 	rm -f "$(DESTDIR)$(SBINDIR)/squeezed" "$(DESTDIR)$(BINDIR)/squeezectl"
 	rm -f "$(DESTDIR)$(UNITDIR)/squeezed.service" "$(DESTDIR)$(MANDIR)/man8/squeezed.8"
+	rm -f "$(DESTDIR)$(MANDIR)/man1/squeezectl.1" "$(DESTDIR)$(COMPLETIONDIR)/squeezectl"
 	rm -rf "$(DESTDIR)$(PKGLIBDIR)/squeezed"
 	rmdir "$(DESTDIR)$(PKGLIBDIR)" 2>/dev/null || true
 	@# The configuration goes only if it is still the one shipped.

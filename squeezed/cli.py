@@ -112,7 +112,22 @@ def build_parser(iface: idl.Interface) -> argparse.ArgumentParser:
                 help=f"{doc} ({p.type})",
             )
         sp.set_defaults(method=m.name)
+    _add_views(sub)
     return ap
+
+
+def _add_views(sub: Any) -> None:
+    """Operator views built on get_state (squeezed/ctl/), after the IDL's methods."""
+    from squeezed.ctl import metrics, record, top
+
+    for name, module, help_ in (
+        ("top", top, "live view of host memory, domains and operations [view]"),
+        ("metrics", metrics, "print the state in the Prometheus text format [view]"),
+        ("record", record, "sample the state into FILE for squeezed-sim plot [view]"),
+    ):
+        sp = sub.add_parser(name, help=help_, description=(module.__doc__ or "").split("\n\n")[0])
+        module.add_arguments(sp)
+        sp.set_defaults(view=module.run)
 
 
 def _params(m: idl.Method, args: argparse.Namespace) -> list[Any]:
@@ -217,7 +232,6 @@ def main(
         ap.print_usage(err)
         print("squeezectl: error: a command is required (see --help)", file=err)
         return EXIT_USAGE
-    m = iface.method(args.method)
     key = "xmlrpc" if args.protocol == "xmlrpc" else "jsonrpc"
     path = args.socket or os.environ.get("SQUEEZED_SOCKET") or iface.sockets[key]
     client: MemoryClient | SwitchMemoryClient
@@ -226,6 +240,10 @@ def main(
         client = SwitchMemoryClient(path, timeout=args.timeout)
     else:
         client = MemoryClient(path, args.protocol, timeout=args.timeout, user_agent="squeezectl")
+    if getattr(args, "view", None) is not None:  # top, metrics, record: any transport
+        with client:
+            return int(args.view(args, client, path, out, err))
+    m = iface.method(args.method)
     try:
         with client:
             wire = client.call(m.name, *_params(m, args))

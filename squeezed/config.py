@@ -77,6 +77,8 @@ class Config:
     poll_min_s: float = 0.02
     poll_max_s: float = 1.0
     operation_timeout_s: float = 300.0
+    metrics_textfile: str = ""  # "" = write no metrics file
+    metrics_textfile_interval_s: float = 15.0
 
     def get(self, key: str) -> Any:
         """The value of a configuration key by its file/flag name."""
@@ -379,6 +381,14 @@ _KEY_LIST = [
         "a number of seconds > 0",
         "A squeezing operation still running after this long fails with Internal_error, "
         "gives back what it freed and releases the lock for the next caller.", True),
+    Key("metrics-textfile", "metrics_textfile", _abs_path(True), str,
+        "an absolute path, or empty",
+        "Write metrics in the Prometheus text format (as squeezectl metrics prints them) to "
+        "this file, for node_exporter's textfile collector (e.g. "
+        "/var/lib/prometheus/node-exporter/squeezed.prom); empty writes none.", True),
+    Key("metrics-textfile-interval", "metrics_textfile_interval_s", _float_above_zero,
+        _fmt_float, "a number of seconds > 0",
+        "Seconds between rewrites of metrics-textfile (each an atomic rename).", True),
 ]
 # fmt: on
 

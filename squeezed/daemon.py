@@ -245,6 +245,7 @@ class Daemon:
     def _spawn_host_threads(self) -> None:
         self.sup.spawn("xenstore-watcher", self._watcher)
         self.sup.spawn("balancer", self._balancer)
+        self.sup.spawn("metrics-textfile", self._metrics_textfile)
         # The queue is served once the host is read: until then requests wait
         # in the switch rather than fail.
         self._start_switch()
@@ -334,6 +335,37 @@ class Daemon:
                 beat()
         finally:
             self.sup.heartbeats.unregister("balancer")
+
+    def _metrics_textfile(self, stop: threading.Event) -> None:
+        """metrics-textfile: the state in Prometheus text, rewritten every
+        metrics-textfile-interval seconds (both reloadable; empty: idle)."""
+        from squeezed.ctl.metrics import exposition, write_textfile
+
+        assert self.service is not None
+        reported = ""
+        try:
+            while True:
+                interval_s = self.cfg.metrics_textfile_interval_s
+                # (re-registered each round: the interval is reloadable)
+                self.sup.heartbeats.register("metrics-textfile", max(60.0, 3 * interval_s))
+                path = self.cfg.metrics_textfile
+                if path:
+                    problem = ""
+                    try:
+                        text = exposition(self.service.get_state("metrics-textfile"))
+                        write_textfile(path, text)
+                    except OSError as e:  # e.g. its directory is missing
+                        # (not str(e): it names the temporary file, new each time)
+                        problem = f"cannot write {path}: {e.strerror or e}"
+                    except InternalError as e:  # the host could not be read
+                        problem = f"cannot read the host: {e.message}"
+                    if problem and problem != reported:  # say so once, keep trying
+                        log.warning("metrics-textfile: %s", problem)
+                    reported = problem
+                if stop.wait(interval_s):
+                    return
+        finally:
+            self.sup.heartbeats.unregister("metrics-textfile")
 
     def _watcher(self, stop: threading.Event) -> None:
         from squeezed.xen.xenstore import Watcher
@@ -442,7 +474,7 @@ class Daemon:
             ctl_cmd = str(ctl) if ctl.exists() else "squeezectl"
             sock = self._path("socket", "memory")
             print(f"squeezed: simulated Xen host in {self.run_dir}; XML-RPC on {sock}\n"
-                  f"  try: {ctl_cmd} --socket {sock} diagnostics   (state, reserve-range ...)",
+                  f"  try: {ctl_cmd} --socket {sock} top   (diagnostics, state, reserve-range ...)",
                   file=sys.stderr, flush=True)
             if self.switch is not None:
                 print(f"squeezed: queue org.xen.xapi.memory on the message-switch at "

@@ -23,7 +23,7 @@ from squeezed import __version__, debuginfo
 from squeezed.backend import Backend, Reservation
 from squeezed.engine import errors as engine_errors
 from squeezed.engine import operations as ops
-from squeezed.engine.operations import EngineConfig
+from squeezed.engine.operations import EngineConfig, OpStats
 from squeezed.errors import (
     CannotFreeThisMuchMemory,
     DomainsRefusedToCooperate,
@@ -34,6 +34,7 @@ from squeezed.errors import (
     UnknownReservation,
 )
 from squeezed.fifolock import FifoLock
+from squeezed.stats import OperationStats
 from squeezed.switch.exactly_once import new_reservation_id
 
 log = logging.getLogger("squeezed.service")
@@ -46,7 +47,9 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9_@-]{1,256}")
 # get_host_initial_free_memory waits this long for the boot-time measurement.
 INITIAL_FREE_WAIT_S = 120.0
 _DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib", "dynamic_max_kib",
-                        "memory_actual_kib", "memory_max_kib")
+                        "memory_actual_kib", "memory_max_kib", "name", "flags")
+# Backend facts (XenHost.describe) passed on in get_state's host struct when present.
+_HOST_FACTS = ("xen_free_kib", "xen_scrub_kib", "xen_total_kib", "reservations_kib")
 
 
 def wire_error(e: engine_errors.EngineError, reserve_kib: int) -> MemoryError_:
@@ -156,6 +159,15 @@ class _OpRecord:
     args: str
     outcome: str = "running"
     elapsed_s: float = 0.0
+    started_mono: float = field(default_factory=time.monotonic)
+    active: bool = False  # holds the operation lock (others wait for it)
+
+    def public(self) -> dict[str, Any]:
+        """The IDL's operation_state."""
+        running = self.outcome == "running"
+        return {"op": self.op, "dbg": self.dbg, "args": self.args, "started_s": self.at,
+                "elapsed_s": time.monotonic() - self.started_mono if running else self.elapsed_s,
+                "outcome": self.outcome}
 
 
 @dataclass
@@ -178,6 +190,7 @@ class MemoryService:
         self._history_lock = threading.Lock()
         self.on_set_log_level: Callable[[str], None] | None = None
         self._shutting_down = False
+        self.stats = OperationStats()  # for metrics: operations, durations, iterations
 
     def abandon(self) -> None:
         """The daemon is stopping: an operation that fails from now on (its
@@ -194,12 +207,21 @@ class MemoryService:
             self._history.append(rec)
         return rec
 
-    def _squeeze(self, op: str, dbg: str, fn: Callable[[], Any], **args: Any) -> Any:
+    def _done(self, rec: _OpRecord, outcome: str) -> None:
+        """An operation that ran without the operation lock ended: history and counters."""
+        rec.outcome = outcome
+        rec.elapsed_s = time.monotonic() - rec.started_mono
+        self.stats.observe(rec.op, outcome, rec.elapsed_s)
+
+    def _squeeze(self, op: str, dbg: str, fn: Callable[[OpStats], Any], **args: Any) -> Any:
         rec = self._record(op, dbg, **args)
         t0 = time.monotonic()
+        st = OpStats()
         try:
             with self._op_lock:
-                result = fn()
+                rec.active = True
+                result = fn(st)
+            rec.outcome = "success"
         except MemoryError_ as e:  # the service's own, or a host's (XenHostError)
             if self._shutting_down:
                 rec.outcome = "abandoned"
@@ -226,7 +248,9 @@ class MemoryService:
             raise
         finally:
             rec.elapsed_s = time.monotonic() - t0
-        rec.outcome = "success"
+            rec.active = False
+            self.stats.add_iterations(st.iterations)
+            self.stats.observe(rec.op, rec.outcome, rec.elapsed_s)
         return result
 
     def _find(self, session_id: str, reservation_id: str) -> Reservation:
@@ -267,7 +291,7 @@ class MemoryService:
                          else f", in transfer to domain {r.in_transfer_domid}")
                 log.info("login %s: dropped reservation %s (%d KiB%s) [dbg %s]",
                          service_name, r.reservation_id, r.kib, where, debuginfo.show(dbg))
-        self._record("login", dbg, service=service_name).outcome = "success"
+        self._done(self._record("login", dbg, service=service_name), "success")
         return service_name
 
     def reserve_memory(self, dbg: str, session_id: str, kib: int) -> str:
@@ -275,8 +299,8 @@ class MemoryService:
         self._check_kib(kib)
         rid = new_reservation_id()  # stable for a redelivered switch request
 
-        def run() -> str:
-            ops.reserve(self.backend, self.cfg, kib)
+        def run(st: OpStats) -> str:
+            ops.reserve(self.backend, self.cfg, kib, stats=st)
             with self._table_lock:
                 self.backend.add_reservation(Reservation(session_id, rid, kib))
             return rid
@@ -296,8 +320,9 @@ class MemoryService:
             raise InvalidMemoryValue(max_kib)
         rid = new_reservation_id()  # stable for a redelivered switch request
 
-        def run() -> int:
-            amount_kib, _ = ops.free_memory_range(self.backend, self.cfg, min_kib, max_kib)
+        def run(st: OpStats) -> int:
+            amount_kib, _ = ops.free_memory_range(self.backend, self.cfg, min_kib, max_kib,
+                                                  stats=st)
             with self._table_lock:
                 self.backend.add_reservation(Reservation(session_id, rid, amount_kib))
             return amount_kib
@@ -324,11 +349,11 @@ class MemoryService:
                 self.backend.remove_reservation(session_id, reservation_id)
         rec = self._record("delete_reservation", dbg, id=reservation_id)
         if r is None:
-            rec.outcome = "success (no such reservation)"
+            self._done(rec, "success (no such reservation)")
             log.info("reservation %s: delete of an unknown or already deleted reservation"
                      " (session %s) [dbg %s]", reservation_id, session_id, debuginfo.show(dbg))
             return
-        rec.outcome = "success"
+        self._done(rec, "success")
         log.info("reservation %s deleted: session %s, %d KiB [dbg %s]",
                  reservation_id, session_id, r.kib, debuginfo.show(dbg))
 
@@ -338,7 +363,7 @@ class MemoryService:
         session's next login."""
         with self._table_lock:
             self.backend.remove_reservation(session_id, reservation_id)
-        self._record("undo-reservation", dbg, id=reservation_id).outcome = "success"
+        self._done(self._record("undo-reservation", dbg, id=reservation_id), "success")
         log.warning("reservation %s undone: its reply could not be delivered (caller hung up)"
                     " [dbg %s]", reservation_id, debuginfo.show(dbg))
 
@@ -352,8 +377,8 @@ class MemoryService:
         with self._table_lock:
             r = self._find(session_id, reservation_id)
             self.backend.transfer_reservation(r, domid)
-        self._record("transfer_reservation_to_domain", dbg, id=reservation_id,
-                     domid=domid).outcome = "success"
+        self._done(self._record("transfer_reservation_to_domain", dbg, id=reservation_id,
+                                domid=domid), "success")
         log.info("reservation %s transferred to domain %d: session %s, %d KiB [dbg %s]",
                  reservation_id, domid, session_id, r.kib, debuginfo.show(dbg))
 
@@ -364,7 +389,8 @@ class MemoryService:
         return rid
 
     def balance_memory(self, dbg: str) -> None:
-        self._squeeze("balance_memory", dbg, lambda: ops.balance(self.backend, self.cfg))
+        self._squeeze("balance_memory", dbg,
+                      lambda st: ops.balance(self.backend, self.cfg, stats=st))
 
     def balance_if_unbalanced(self) -> bool:
         """The periodic balancer's step; skipped while an operation runs."""
@@ -374,12 +400,26 @@ class MemoryService:
             if not ops.is_unbalanced(self.backend, self.cfg):
                 return False
             rec = self._record("auto-balance", "periodic")
+            rec.active = True
+            st = OpStats()
             try:
-                ops.balance(self.backend, self.cfg)
+                ops.balance(self.backend, self.cfg, stats=st)
             except engine_errors.OperationAbandoned:
-                rec.outcome = "abandoned"
+                self._done(rec, "abandoned")
                 return False
-            rec.outcome = "success"
+            except BaseException as e:
+                if isinstance(e, engine_errors.EngineError):  # recorded as the wire names it
+                    outcome = wire_error(e, self.cfg.reserve_kib).name
+                elif isinstance(e, MemoryError_):
+                    outcome = e.name
+                else:
+                    outcome = f"failed: {type(e).__name__}"
+                self._done(rec, outcome)
+                raise
+            finally:
+                rec.active = False
+                self.stats.add_iterations(st.iterations)
+            self._done(rec, "success")
             return True
         finally:
             self._op_lock.release()
@@ -429,25 +469,47 @@ class MemoryService:
             logging.getLogger("squeezed").setLevel(level.upper())
 
     def get_state(self, dbg: str) -> dict[str, Any]:
-        """The operator's view (squeezectl state), shaped as the IDL's `state`."""
+        """The operator's view (squeezectl state, top, metrics), shaped as the
+        IDL's `state`."""
         st = self._state()
+        facts = st["facts"]
+        with self._history_lock:
+            history = list(self._history)
+        running = [rec for rec in history if rec.active]
+        counters = self.stats.snapshot()
+        for key in ("xenstore_errors", "hypercall_errors"):
+            counts = st["error_counts"].get(key, {})
+            counters[key] = [{"error": k, "count": v} for k, v in sorted(counts.items())]
         return {
-            "host": st["host"],
+            "host": {**st["host"], **{k: facts.get(k) for k in _HOST_FACTS}},
             "reservations": [
                 {"reservation_id": r["reservation_id"], "session_id": r["session"],
                  "kib": r["kib"], "domid": r["in_transfer_domid"]}
                 for r in st["reservations"]
             ],
             "domains": [{k: d[k] for k in _DOMAIN_STATE_FIELDS} for d in st["domains"]],
+            "left_alone": [{"domid": int(domid), "name": st["names"].get(domid), "reason": why}
+                           for domid, why in sorted(st["invalid"]["domains"].items())],
+            "operation": running[-1].public() if running else None,
+            "history": [rec.public() for rec in history],
+            "counters": counters,
         }
 
     def _state(self) -> dict[str, Any]:
         host = self.backend.observe()
         facts = self.backend.describe()
         uncooperative = set(facts.get("uncooperative_domids", ()))
+        # Every "<flag>_domids" list the backend describes is a per-domain flag.
+        flagged = {k[: -len("_domids")].replace("_", "-"): set(v) for k, v in facts.items()
+                   if k.endswith("_domids") and isinstance(v, list | tuple | set)}
+        # Domains the backend leaves alone for unusable xenstore values (domid -> why).
+        flagged["bad-keys"] = set(facts.get("invalid_domains") or ())
+        names = facts.get("domain_names") or {}
         return {
             "host": {"free_kib": host.free_mem_kib, "reserved_kib": self.cfg.reserve_kib},
             "facts": {k: v for k, v in facts.items() if isinstance(v, int)},
+            "error_counts": {k: v for k, v in facts.items() if k.endswith("_errors")
+                             and isinstance(v, dict)},
             "reservations": [
                 {"session": r.session, "reservation_id": r.reservation_id, "kib": r.kib,
                  "in_transfer_domid": r.in_transfer_domid}
@@ -458,10 +520,12 @@ class MemoryService:
                  "dynamic_min_kib": d.dynamic_min_kib, "target_kib": d.target_kib,
                  "memory_actual_kib": d.memory_actual_kib, "dynamic_max_kib": d.dynamic_max_kib,
                  "memory_max_kib": d.memory_max_kib, "hit_target": d.hit_target,
-                 "uncooperative": d.domid in uncooperative}
+                 "uncooperative": d.domid in uncooperative, "name": names.get(d.domid),
+                 "flags": sorted(f for f, ids in flagged.items() if d.domid in ids)}
                 for d in host.domains
             ],
             "operation_running": self._op_lock.locked(),
+            "names": names,
             # Left out of the arithmetic by the backend for bad values (issue 11 #1, #2).
             "invalid": {"domains": dict(facts.get("invalid_domains", {})),
                         "reservations": dict(facts.get("invalid_reservations", {}))},

@@ -274,6 +274,9 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     "poll-min": [("0.001", 0.001)],
     "poll-max": [("5", 5.0)],
     "operation-timeout": [("600", 600.0), ("2.5", 2.5)],
+    "metrics-textfile": [("", ""), ("/var/lib/node-exporter/squeezed.prom",
+                                    "/var/lib/node-exporter/squeezed.prom")],
+    "metrics-textfile-interval": [("30", 30.0), ("0.5", 0.5)],
 }  # fmt: skip
 
 BAD: dict[str, list[str]] = {
@@ -303,6 +306,8 @@ BAD: dict[str, list[str]] = {
     "poll-min": ["0", "-0.01", "fast"],
     "poll-max": ["0", "slow"],
     "operation-timeout": ["0", "-1", "never"],
+    "metrics-textfile": ["squeezed.prom", "relative/x.prom"],
+    "metrics-textfile-interval": ["0", "-1", "often"],
 }
 
 
@@ -464,8 +469,8 @@ def test_format_config_output_is_a_configuration_file(tmp_path: Path) -> None:
 def test_reloadable_keys() -> None:
     assert c.RELOADABLE_KEYS <= set(KEYS)
     assert {"balance-check-interval", "loglevel", "host-reserved-kib", "balance-tolerance-kib",
-            "stuck-after", "uncooperative-after", "poll-min", "poll-max",
-            "operation-timeout"} == c.RELOADABLE_KEYS
+            "stuck-after", "uncooperative-after", "poll-min", "poll-max", "operation-timeout",
+            "metrics-textfile", "metrics-textfile-interval"} == c.RELOADABLE_KEYS
 
 
 def test_classify_and_apply_reloadable() -> None:

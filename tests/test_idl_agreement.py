@@ -52,9 +52,12 @@ def test_dispatcher_refuses_an_incomplete_service() -> None:
 def test_cli_subcommands_are_the_idl_methods() -> None:
     parser = build_parser(IFACE)
     (sub,) = [a for a in parser._actions if a.dest == "command"]
-    assert list(sub.choices) == [m.cli for m in IFACE.methods]
+    # one per IDL method, then the operator views built on get_state
+    assert list(sub.choices) == [m.cli for m in IFACE.methods] + ["top", "metrics", "record"]
     for m in IFACE.methods:
         assert sub.choices[m.cli].get_default("method") == m.name
+    for view in ("top", "metrics", "record"):
+        assert sub.choices[view].get_default("view") is not None
     assert set(test_cli.CASES) == {m.cli for m in IFACE.methods}
 
 

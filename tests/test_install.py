@@ -21,6 +21,8 @@ INSTALLED = [
     "lib/systemd/system/squeezed.service",
     "etc/squeezed.conf",
     "usr/share/man/man8/squeezed.8",
+    "usr/share/man/man1/squeezectl.1",
+    "usr/share/bash-completion/completions/squeezectl",
     "usr/lib/squeezed/squeezed/__init__.py",
     "usr/lib/squeezed/squeezed/config.py",
 ]
@@ -54,6 +56,10 @@ def test_install_and_uninstall(tmp_path: Path) -> None:
     assert (dest / "etc/squeezed.conf").read_text() == (ROOT / "squeezed.conf").read_text()
     assert (dest / "usr/share/man/man8/squeezed.8").read_text() == (
         ROOT / "docs/squeezed.8").read_text()
+    assert (dest / "usr/share/man/man1/squeezectl.1").read_text() == (
+        ROOT / "docs/squeezectl.1").read_text()
+    assert (dest / "usr/share/bash-completion/completions/squeezectl").read_text() == (
+        ROOT / "squeezectl.bash-completion").read_text()
 
     # The wrapper puts the installed copy, found relative to itself, first on sys.path.
     probe = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='probe'); "
@@ -63,6 +69,13 @@ def test_install_and_uninstall(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60, check=True)
         assert Path(r.stdout.strip()).resolve() == (
             dest / "usr/lib/squeezed/squeezed/__init__.py").resolve()
+
+    # The installed squeezectl finds the IDL it is built from (a symlink in the tree).
+    assert (dest / "usr/lib/squeezed/squeezed/_idl/memory.json").read_text() == (
+        ROOT / "idl/memory.json").read_text()
+    r = subprocess.run([str(dest / "usr/bin/squeezectl"), "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "top" in r.stdout, r.stderr
 
     if not (ROOT / "squeezed" / "daemon.py").exists():
         pytest.skip("squeezed/daemon.py does not exist yet: cannot run squeezed --version")
@@ -91,6 +104,8 @@ def test_prefix_and_unitdir(tmp_path: Path) -> None:
     _make("install", f"DESTDIR={dest}", f"PYTHON={sys.executable}", "UNITDIR=/etc/systemd/system")
     assert (dest / "usr/local/sbin/squeezed").is_file()
     assert (dest / "usr/local/share/man/man8/squeezed.8").is_file()
+    assert (dest / "usr/local/share/man/man1/squeezectl.1").is_file()
+    assert (dest / "usr/local/share/bash-completion/completions/squeezectl").is_file()
     unit = (dest / "etc/systemd/system/squeezed.service").read_text()
     assert "ExecStart=/usr/local/sbin/squeezed " in unit
     _make("uninstall", f"DESTDIR={dest}", "UNITDIR=/etc/systemd/system")
@@ -98,14 +113,16 @@ def test_prefix_and_unitdir(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
-def test_man_page_renders_without_warnings() -> None:
-    r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(ROOT / "docs/squeezed.8")],
+@pytest.mark.parametrize(("page", "expected"), [("docs/squeezed.8", "balance-check-interval"),
+                                                ("docs/squeezectl.1", "squeezectl top")])
+def test_man_page_renders_without_warnings(page: str, expected: str) -> None:
+    r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(ROOT / page)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     if shutil.which("man"):
-        r = subprocess.run(["man", "--warnings", "-l", str(ROOT / "docs/squeezed.8")],
+        r = subprocess.run(["man", "--warnings", "-l", str(ROOT / page)],
                            capture_output=True, text=True, timeout=60,
                            env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat",
                                 "PAGER": "cat"})
         assert r.returncode == 0 and r.stderr == "", r.stderr
-        assert "balance-check-interval" in r.stdout
+        assert expected in r.stdout

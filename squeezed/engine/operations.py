@@ -101,6 +101,7 @@ def change_host_free_memory(
     *,
     begin: bool = True,
     give_back: bool = True,
+    stats: OpStats | None = None,
 ) -> OpStats:
     """Loop until every active domain hit its target and no target changes.
 
@@ -113,9 +114,10 @@ def change_host_free_memory(
     Errors carry upstream's arguments: CannotFree(aim, free with every domain
     at dynamic_min), amounts including the kept reserve (the service nets it
     out). When the operation fails (or the host does) after targets were
-    lowered, what was freed is given back at once (`_give_back`).
+    lowered, what was freed is given back at once (`_give_back`). A caller's
+    `stats` is filled in even when the operation raises.
     """
-    stats = OpStats()
+    stats = OpStats() if stats is None else stats
     if begin:
         begin_operation(io)
     start_s = io.now()
@@ -255,18 +257,20 @@ def _give_back(io: HostIO, cfg: EngineConfig, sq: Squeezer, why: BaseException,
         log.error("giving memory back after a failed operation failed: %s", e)
 
 
-def free_memory(io: HostIO, cfg: EngineConfig, kib: int) -> OpStats:
+def free_memory(
+    io: HostIO, cfg: EngineConfig, kib: int, stats: OpStats | None = None
+) -> OpStats:
     """Make host free memory at least `kib` (the kept reserve not added)."""
     if kib < 0:
         raise InvalidAmount(kib)
-    return change_host_free_memory(io, cfg, kib, lambda free: free >= kib, need_kib=kib)
+    return change_host_free_memory(io, cfg, kib, lambda free: free >= kib, kib, stats=stats)
 
 
-def reserve(io: HostIO, cfg: EngineConfig, kib: int) -> OpStats:
+def reserve(io: HostIO, cfg: EngineConfig, kib: int, stats: OpStats | None = None) -> OpStats:
     """Free `kib` on top of the kept reserve, for a new domain."""
     if kib < 0:
         raise InvalidAmount(kib)
-    return free_memory(io, cfg, kib + cfg.reserve_kib)
+    return free_memory(io, cfg, kib + cfg.reserve_kib, stats)
 
 
 def ideal_new_domain_kib(host: Host, cfg: EngineConfig, min_kib: int, max_kib: int) -> int:
@@ -280,7 +284,7 @@ def ideal_new_domain_kib(host: Host, cfg: EngineConfig, min_kib: int, max_kib: i
 
 
 def free_memory_range(
-    io: HostIO, cfg: EngineConfig, min_kib: int, max_kib: int
+    io: HostIO, cfg: EngineConfig, min_kib: int, max_kib: int, stats: OpStats | None = None
 ) -> tuple[int, OpStats]:
     """Free between min and max (plus the kept reserve); returns the amount
     the caller may use: max(min, min(usable, max))."""
@@ -293,7 +297,7 @@ def free_memory_range(
     need_kib = min_kib + cfg.reserve_kib
     stats = change_host_free_memory(
         io, cfg, ideal_kib + cfg.reserve_kib, lambda free: free >= need_kib, need_kib=need_kib,
-        begin=False,
+        begin=False, stats=stats,
     )
     usable_kib = io.snapshot().free_mem_kib - cfg.reserve_kib
     return max(min_kib, min(usable_kib, max_kib)), stats
@@ -303,14 +307,14 @@ def _is_balanced(cfg: EngineConfig) -> Callable[[int], bool]:
     return lambda free: free - cfg.reserve_kib < cfg.tolerance_kib
 
 
-def balance(io: HostIO, cfg: EngineConfig) -> OpStats | None:
+def balance(io: HostIO, cfg: EngineConfig, stats: OpStats | None = None) -> OpStats | None:
     """Hand out everything above the kept reserve. Like upstream it does not
     fail because a driver is stuck or every domain is at dynamic_max; unlike
     upstream it raises when the host itself failed (HostFailed: a refused
     write) or the operation ran out of time (DeadlineExceeded)."""
     try:
         return change_host_free_memory(io, cfg, cfg.reserve_kib, _is_balanced(cfg), need_kib=None,
-                                       give_back=False)
+                                       give_back=False, stats=stats)
     except CannotFree as e:
         # Every domain is at dynamic_max already: the rest stays free.
         log.debug("balance: every domain is at its dynamic_max; %d KiB stay free", e.free_kib)

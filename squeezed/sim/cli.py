@@ -2,6 +2,7 @@
 
     squeezed-sim run FILE [--json] [--plot FILE.png]
     squeezed-sim demo [--json] [--plot FILE.png]     (the built-in demo scenario)
+    squeezed-sim plot RECORDING [-o FILE.png]        (draw a `squeezectl record` file)
     squeezed-sim xenstored --socket PATH             (a simulated xenstored)
     squeezed-sim switch --socket PATH                (a simulated message-switch)
 
@@ -14,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from squeezed.sim.plot import Marker, Series, have_matplotlib, plot
 from squeezed.sim.scenario import Scenario, ScenarioError, build_host, demo_path, load, run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -63,51 +66,8 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _check_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print("squeezed-sim: --plot needs matplotlib; install it with"
-              " `pip install 'squeezed[plot]'` (or `pip install matplotlib`)", file=sys.stderr)
-        return False
-    return True
-
-
-def plot(host_series: list, result: dict[str, Any], path: str) -> None:
-    """Host free memory and each domain's target (dashed) and actual over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    t = [s.t_s for s in host_series]
-    fig, ax = plt.subplots(figsize=(11, 6))
-    ax.plot(t, [s.host_free_kib / 1024 for s in host_series], color="black", lw=2,
-            label="host free")
-    domids = sorted({d[0] for s in host_series for d in s.domains})
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, domid in enumerate(domids):
-        pts = [(s.t_s, d) for s in host_series for d in s.domains if d[0] == domid]
-        ts = [p[0] for p in pts]
-        c = colours[i % len(colours)]
-        ax.plot(ts, [p[1][2] / 1024 for p in pts], color=c, label=f"dom{domid} actual")
-        ax.plot(ts, [p[1][1] / 1024 for p in pts], color=c, ls="--", lw=1,
-                label=f"dom{domid} target")
-    for s in result["steps"]:
-        ax.axvline(s["t_start_s"], color="grey", ls=":", lw=1)
-        ax.annotate(s["op"], (s["t_start_s"], 1), xycoords=("data", "axes fraction"),
-                    rotation=90, va="top", ha="right", fontsize=8, color="grey")
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("memory (MiB)")
-    ax.set_title(f"scenario {result['name']}")
-    ax.legend(fontsize=7, ncol=2, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _run(scenario: Scenario, as_json: bool, plot_path: str | None) -> int:
-    if plot_path and not _check_matplotlib():
+    if plot_path and not have_matplotlib("squeezed-sim"):
         return EXIT_USAGE
     host = build_host(scenario)
     result = run(scenario, host)
@@ -125,10 +85,34 @@ def _run(scenario: Scenario, as_json: bool, plot_path: str | None) -> int:
     else:
         print(format_result(result))
     if plot_path:
-        plot(host.series, result, plot_path)
+        plot([Series(*s) for s in host.series],
+             [Marker(s["t_start_s"], s["op"]) for s in result["steps"]],
+             f"scenario {result['name']}", plot_path)
         if not as_json:
             print(f"plot written to {plot_path}")
     return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
+def plot_recording(path: str, output: str | None) -> int:
+    """`squeezed-sim plot`: a run recorded by `squeezectl record`."""
+    from squeezed.ctl.record import RecordError
+    from squeezed.ctl.record import load as load_recording
+
+    try:
+        rec = load_recording(path)
+    except RecordError as e:
+        print(f"squeezed-sim: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not have_matplotlib("squeezed-sim"):
+        return EXIT_USAGE
+    out = output or str(Path(path).with_suffix(".png"))
+    series = [Series(s["t_s"], s["host_free_kib"], tuple(tuple(d) for d in s["domains"]))
+              for s in rec.samples]
+    markers = [Marker(o["t_s"], o["op"] if o["outcome"] == "success"
+                      else f"{o['op']}: {o['outcome']}") for o in rec.operations]
+    plot(series, markers, f"recorded run {Path(path).name}", out, xlabel="time (s)")
+    print(f"plot of {len(series)} samples and {len(markers)} operations written to {out}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,9 +137,15 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("file", help="scenario TOML file")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.add_argument("--plot", metavar="FILE.png", help="draw memory over time (matplotlib)")
+    p = sub.add_parser("plot", help="draw a `squeezectl record` file like --plot")
+    p.add_argument("file", metavar="RECORDING")
+    p.add_argument("-o", "--output", metavar="FILE.png",
+                   help="the picture (default: RECORDING with .png)")
     sub.add_parser("xenstored", help="run a simulated xenstored (see its --help)")
     sub.add_parser("switch", help="run a simulated message-switch (--socket PATH)")
     args = parser.parse_args(argv)
+    if args.cmd == "plot":
+        return plot_recording(args.file, args.output)
     path = str(demo_path()) if args.cmd == "demo" else args.file
     try:
         scenario = load(path)

@@ -212,6 +212,7 @@ class SimulatedXenHost:
     def _write_policy(self, domid: int, domain_type: str, target_kib: int, dmin_kib: int,
                       dmax_kib: int, static_max_kib: int) -> None:
         base = f"/local/domain/{domid}"
+        self.xenstored.write(f"{base}/name", f"guest-{domid}")  # as the toolstack names it
         self.xenstored.write(f"{base}/domain-type", domain_type)
         self.xenstored.write(f"{base}/memory/static-max", str(static_max_kib))
         self.xenstored.write(f"{base}/memory/dynamic-min", str(dmin_kib))

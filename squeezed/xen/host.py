@@ -699,6 +699,8 @@ class XenHost:
         with self._lock:
             uncooperative = sorted(self._cooperation.uncooperative)
             invalid = dict(sorted(self._invalid.items()))
+            names = {domid: c.keys["name"] for domid, c in self._cache.items()
+                     if c.keys.get("name")}
         bad = self._table.invalid()
         return {
             "xen_free_kib": free_kib,
@@ -710,6 +712,10 @@ class XenHost:
             "invalid_domains": invalid,
             # /squeezed/state path -> why the entry is not counted
             "invalid_reservations": bad,
+            "domain_names": names,
+            # error counts for metrics, if the clients keep them (fakes may not)
+            "xenstore_errors": dict(getattr(self.xs, "errors", {})),
+            "hypercall_errors": dict(getattr(self.xc, "errors", {})),
         }
 
     # -- start-up ----------------------------------------------------------------

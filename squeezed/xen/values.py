@@ -17,6 +17,7 @@ DOMAIN_KEYS = (
     "memory/dynamic-max",
     "control/feature-balloon",
     "data/updated",
+    "name",  # for operators only (squeezectl top)
 )
 INT64_MAX = 2**63 - 1
 

@@ -21,6 +21,7 @@ errno and context that parsing a stdio stream would lose.
 
 from __future__ import annotations
 
+import collections
 import ctypes.util
 import errno as errno_mod
 import logging
@@ -392,6 +393,12 @@ class XenCtrl:
         self._lib = lib
         self._xch = xch
         self._lock = threading.Lock()  # makes close() idempotent
+        self.errors: collections.Counter[str] = collections.Counter()  # failed calls, for metrics
+
+    def _failed(self, op: str) -> XenCtrlError:
+        err = XenCtrlError(op, ffi.errno)  # read errno before anything else runs
+        self.errors[op] += 1
+        return err
 
     @classmethod
     def open(cls, lib_path: str | os.PathLike[str] | None = None) -> XenCtrl:
@@ -423,7 +430,7 @@ class XenCtrl:
     def physinfo(self) -> PhysInfo:
         info = ffi.new("xc_physinfo_t *")
         if self._lib.xc_physinfo(self._handle("xc_physinfo"), info) != 0:
-            raise XenCtrlError("xc_physinfo", ffi.errno)
+            raise self._failed("xc_physinfo")
         return PhysInfo(int(info.total_pages), int(info.free_pages), int(info.scrub_pages))
 
     def domain_list(self, batch: int = DOMAIN_BATCH) -> list[DomainInfo]:
@@ -441,7 +448,7 @@ class XenCtrl:
                 self._handle("xc_domain_getinfolist"), first, batch, buf
             )
             if n < 0:
-                raise XenCtrlError("xc_domain_getinfolist", ffi.errno)
+                raise self._failed("xc_domain_getinfolist")
             for i in range(n):
                 di = buf[i]
                 flags = int(di.flags)
@@ -468,7 +475,7 @@ class XenCtrl:
         if not 0 <= kib < 1 << 64:
             raise ValueError(f"invalid max memory {kib} KiB")
         if self._lib.xc_domain_setmaxmem(self._handle("xc_domain_setmaxmem"), domid, kib) != 0:
-            raise XenCtrlError("xc_domain_setmaxmem", ffi.errno)
+            raise self._failed("xc_domain_setmaxmem")
 
     def shadow_allocation_mib(self, domid: int) -> int:
         """The domain's shadow (HAP/shadow paging) pool, in MiB; 0 for PV domains.
@@ -482,7 +489,7 @@ class XenCtrl:
             self._handle("xc_shadow_control"), domid, XEN_DOMCTL_SHADOW_OP_GET_ALLOCATION, mb, 0
         )
         if ret != 0:
-            raise XenCtrlError("xc_shadow_control", ffi.errno)
+            raise self._failed("xc_shadow_control")
         return int(mb[0])
 
     def close(self) -> None:

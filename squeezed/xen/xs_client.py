@@ -4,6 +4,7 @@ transactions retried on conflict, lazy reconnection with back-off
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import threading
@@ -76,6 +77,9 @@ class XenstoreClient(Ops):
         self._epoch = 0  # bumped at each (re)connection: transactions die with their link
         self._req_ids = itertools.count(1)
         self.reconnects = 0
+        # failed requests for metrics: error reply name (ENOENT, the normal
+        # answer for an absent key, is not counted) or "connection"
+        self.errors: collections.Counter[str] = collections.Counter()
 
     # lifecycle
 
@@ -184,6 +188,7 @@ class XenstoreClient(Ops):
                     link.sock.sendall(encode(op, req_id, tx_id, payload))
                     reply = self._await_reply(link, req_id)
                 except (OSError, ProtocolError) as e:
+                    self.errors["connection"] += 1
                     self._drop()
                     if retry:
                         retry = False
@@ -192,6 +197,8 @@ class XenstoreClient(Ops):
                     raise XenstoreConnectionError(path, f"{op.name}: {e}", in_flight=True) from e
                 name = reply.error_name()
                 if name is not None:
+                    if name != "ENOENT":
+                        self.errors[name] += 1
                     raise XenstoreError(name, path)
                 return reply
 
@@ -237,6 +244,7 @@ class XenstoreClient(Ops):
                 break
             except OSError as e:
                 if deadline is not None and time.monotonic() >= deadline:
+                    self.errors["connection"] += 1
                     detail = f"cannot connect to {self.path}: {e}"
                     raise XenstoreConnectionError(path, detail) from e
                 log.debug("xenstore connect to %s failed (%s); backing off", self.path, e)

@@ -53,7 +53,7 @@ def test_fifo_lock_timeout_and_nonblocking() -> None:
 def test_service_operations_run_in_arrival_order(monkeypatch) -> None:
     svc, _ = service()
     order: list[str] = []
-    monkeypatch.setattr(ops, "balance", lambda backend, cfg: order.append(
+    monkeypatch.setattr(ops, "balance", lambda backend, cfg, stats=None: order.append(
         threading.current_thread().name))
     svc._op_lock.acquire()  # an operation is running
     threads = []

@@ -45,6 +45,7 @@ Xen (QEMU)" section. Opt-in like the rest of the tier: SQUEEZED_TEST_XEN=1.
 from __future__ import annotations
 
 import base64
+import gzip
 import itertools
 import json
 import os
@@ -70,6 +71,7 @@ VIA_SWITCH = frozenset({"login", "reserve_memory", "reserve_memory_range",
                         "transfer_reservation_to_domain", "query_reservation_of_domain",
                         "delete_reservation", "balance_memory"})
 SPOOL = f"{RUN}/agent"
+RECORDING = f"{RUN}/record.jsonl"
 SESSION = "xenopsd"
 STUCK_AFTER_S = 5
 UNCOOPERATIVE_AFTER_S = 3
@@ -341,6 +343,7 @@ class Scenario:
         self.agent: Agent | None = None
         self.switch_pid: int | None = None
         self.daemon_pid: int | None = None
+        self.recorder_pid: int | None = None
         self.daemon_logs: list[str] = []
         self.domids: dict[str, int] = {}
         self.passed: set[int] = set()
@@ -489,6 +492,11 @@ class Scenario:
         self.daemon_pid = self.vm.spawn(self.py(DAEMON_ARGS), log=log)
         self.daemon_logs.append(log)
         self.wait_daemon_ready(log, timeout_s=180)
+        if os.environ.get("SQUEEZED_XEN_RECORD") and self.recorder_pid is None:
+            # `squeezectl record` in dom0 for the rest of the scenario (docs/ plot)
+            self.recorder_pid = self.vm.spawn(self.py(
+                ["-m", "squeezed.cli", "--socket", SOCK, "record", RECORDING, "--interval", "1"]),
+                log=f"{RUN}/record.log")
         return time.monotonic() - t0
 
     def wait_daemon_ready(self, log: str, timeout_s: float) -> None:
@@ -532,7 +540,9 @@ class Scenario:
                 for r in st["reservations"]
             ],
             "domains": {
-                int(d["domid"]): {k: (v if isinstance(v, bool) else int(v)) for k, v in d.items()}
+                # numbers come as decimal strings; name and flags are not numbers
+                int(d["domid"]): {k: int(v) if k == "domid" or k.endswith("_kib") else v
+                                  for k, v in d.items()}
                 for d in st["domains"]
             },
         }
@@ -565,9 +575,28 @@ def sq(xen_vm: XenVM, project_dir: Path, xen_report, request: pytest.FixtureRequ
             _keep_daemon_logs(s)
 
 
+def _keep_recording(s: Scenario) -> None:
+    """SQUEEZED_XEN_RECORD=FILE: stop the dom0 recorder and copy its file to
+    FILE on the host (through the console, as base64 of gzip)."""
+    dest = os.environ.get("SQUEEZED_XEN_RECORD")
+    if not dest or s.recorder_pid is None:
+        return
+    s.vm.run(f"kill -TERM -- -{s.recorder_pid}")  # its own session (spawn)
+    time.sleep(2)
+    rc, out = s.vm.run(f"chroot /host sh -c 'gzip -c {RECORDING} | base64 -w0'; echo",
+                       timeout_s=300)
+    try:
+        body = max(re.findall(r"[A-Za-z0-9+/=]{40,}", out), key=len)
+        Path(dest).write_bytes(gzip.decompress(base64.b64decode(body)))
+        s.report(f"squeezectl record in dom0 kept: {dest}")
+    except (ValueError, OSError, EOFError) as e:
+        s.report(f"squeezectl record in dom0 could not be copied ({e}):\n{out[-500:]}")
+
+
 def _teardown(s: Scenario) -> None:
     vm = s.vm
     try:
+        _keep_recording(s)
         if s.daemon_alive():
             t0 = time.monotonic()
             vm.run(f"kill -TERM {s.daemon_pid}")
