@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -565,23 +565,26 @@ class Daemon:
         systemd.status("shutting down")
         # The operation in flight was abandoned (its waits raise); each server
         # lets requests in progress send their replies before it closes.
+        # Every step runs even if an earlier one fails; a failure is logged
+        # with its traceback (it may leave a socket or thread behind).
+        def step(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("shutdown: %s failed", what)
+
         if self.switch is not None:
-            with contextlib.suppress(Exception):
-                self.switch.shutdown()
+            step("stopping the message-switch server", self.switch.shutdown)
         for s in self.servers:
-            with contextlib.suppress(Exception):
-                s.shutdown()
+            step(f"closing {s.path}", s.shutdown)
         self.sup.stop.set()
         self.sup.join(5.0)
         if self.xs is not None:
-            with contextlib.suppress(Exception):
-                self.xs.close()
+            step("closing the xenstore client", self.xs.close)
         if self.sim_switch is not None:
-            with contextlib.suppress(Exception):
-                self.sim_switch.stop()
+            step("stopping the simulated message-switch", self.sim_switch.stop)
         if self.sim is not None:
-            with contextlib.suppress(Exception):
-                self.sim.stop()
+            step("stopping the simulated host", self.sim.stop)
         if self.owns_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         log.info("squeezed stopped")
