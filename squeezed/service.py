@@ -29,7 +29,7 @@ from squeezed.errors import (
     DomainsRefusedToCooperate,
     InternalError,
     InvalidMemoryValue,
-    MemoryError_,
+    MemoryInterfaceError,
     NoReservation,
     UnknownReservation,
 )
@@ -52,10 +52,10 @@ _DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib",
 _HOST_FACTS = ("xen_free_kib", "xen_scrub_kib", "xen_total_kib", "reservations_kib")
 
 
-def wire_error(e: engine_errors.EngineError, reserve_kib: int) -> MemoryError_:
+def wire_error(e: engine_errors.EngineError, reserve_kib: int) -> MemoryInterfaceError:
     """The one place where the engine's errors become the interface's (as
     upstream's memory_server.ml `wrap`): amounts net of the kept reserve."""
-    if isinstance(e, MemoryError_):  # a host's failure that is one already (XenHost's)
+    if isinstance(e, MemoryInterfaceError):  # a host's failure that is one already (XenHost's)
         return e
     if isinstance(e, engine_errors.CannotFree):
         return CannotFreeThisMuchMemory(e.needed_kib - reserve_kib, e.free_kib - reserve_kib)
@@ -222,7 +222,7 @@ class MemoryService:
                 rec.active = True
                 result = fn(st)
             rec.outcome = "success"
-        except MemoryError_ as e:  # the service's own, or a host's (XenHostError)
+        except MemoryInterfaceError as e:  # the service's own, or a host's (XenHostError)
             if self._shutting_down:
                 rec.outcome = "abandoned"
                 raise InternalError("squeezed is shutting down; operation abandoned") from None
@@ -410,7 +410,7 @@ class MemoryService:
             except BaseException as e:
                 if isinstance(e, engine_errors.EngineError):  # recorded as the wire names it
                     outcome = wire_error(e, self.cfg.reserve_kib).name
-                elif isinstance(e, MemoryError_):
+                elif isinstance(e, MemoryInterfaceError):
                     outcome = e.name
                 else:
                     outcome = f"failed: {type(e).__name__}"

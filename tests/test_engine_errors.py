@@ -77,7 +77,7 @@ def test_engine_raises_its_own_errors_and_the_service_the_wire_ones():
     with pytest.raises(eng.DomainsRefused) as ei:
         reserve(_OneStuckDomain(), cfg, 500)
     assert ei.value.domids == [1]
-    assert not isinstance(ei.value, wire.MemoryError_)
+    assert not isinstance(ei.value, wire.MemoryInterfaceError)
     with pytest.raises(eng.CannotFree) as ec:
         reserve(_OneStuckDomain(), cfg, 2000)  # beyond even dynamic_min: fails fast
     assert (ec.value.needed_kib, ec.value.free_kib) == (2010, 50 + 900)

@@ -58,7 +58,7 @@ from squeezed.engine.operations import (
     free_memory_range,
     reserve,
 )
-from squeezed.errors import ALL_ERRORS, MemoryError_
+from squeezed.errors import ALL_ERRORS, MemoryInterfaceError
 from squeezed.service import wire_error
 from squeezed.sim.drivers import DRIVER_KINDS, Driver, Stuck, driver_params, make_driver
 from squeezed.sim.virtual import DEFAULT_TICK_S, Clock, SimDomain, SimulatedHost, SimulationTimeout
@@ -500,7 +500,7 @@ def run(
                 _control_op(host, step)
         except SimulationTimeout as e:
             outcome, detail = TIMED_OUT, str(e)
-        except (MemoryError_, EngineError) as e:
+        except (MemoryInterfaceError, EngineError) as e:
             w = wire_error(e, 0) if isinstance(e, EngineError) else e  # the engine's gross amounts
             outcome, detail = w.name, w.args_wire()
         finally:
