@@ -38,7 +38,6 @@ import http.server
 import io
 import logging
 import os
-import re
 import socket
 import socketserver
 import stat
@@ -48,14 +47,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from squeezed.errors import InternalError, MemoryInterfaceError
-from squeezed.rpc import CodecError, jsonrpc, xmlrpc
+from squeezed.rpc import CodecError, framing, jsonrpc, xmlrpc
 from squeezed.rpc.dispatch import Dispatcher
 from squeezed.supervisor import Heartbeats
 
 log = logging.getLogger("squeezed.rpc")
 
 MAX_BODY = 1 << 20
-_JSON_SPACE = (b" ", b"\t", b"\r", b"\n")
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_FIRST_BYTE_TIMEOUT = 5.0
 DEFAULT_MAX_CONNECTIONS = 128
@@ -63,7 +61,6 @@ DEFAULT_MAX_OPEN = 1024
 # The accept loop wakes at least this often, to beat its heartbeat.
 POLL_INTERVAL_S = 0.5
 HEARTBEAT_SILENCE_S = 30.0
-_ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
 # A caller beyond the connection cap waits this long for a slot before it is
 # refused: in a boot storm, queueing beats failing a VM start.
 DEFAULT_SLOT_WAIT_S = 60.0
@@ -181,8 +178,6 @@ class _Writer(io.RawIOBase):
 
 
 _REASONS = {code.value: code.phrase for code in http.HTTPStatus}
-_JSON_SPECIAL = re.compile(rb'["{}\[\]]')  # outside strings
-_STR_SPECIAL = re.compile(rb'["\\]')  # inside strings
 
 
 def http_reply(status: int, content_type: str, body: bytes, close: bool) -> bytes:
@@ -260,10 +255,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Peek the request's first byte; skip whitespace between bare JSON objects."""
         first = self.rfile.peek(1)[:1]
         if self.server.rpc.raw_json:
-            while first and first in _JSON_SPACE:
-                data = self.rfile.peek(65536)  # a whole run of whitespace at once
-                n = len(data) - len(data.lstrip(b" \t\r\n"))
-                self.rfile.read(n)
+            while first and first in framing.JSON_SPACE:
+                # a whole run of whitespace at once
+                self.rfile.read(framing.json_space_run(self.rfile.peek(65536)))
                 first = self.rfile.peek(1)[:1]
         return first
 
@@ -293,20 +287,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(500, "internal server error")
 
     def _post(self) -> None:
-        if self.headers.get("Transfer-Encoding"):
-            self.send_error(501, "Transfer-Encoding not supported; send Content-Length")
-            return
-        lengths = self.headers.get_all("Content-Length") or []
-        if not lengths:
-            self.send_error(411, "Content-Length required")
-            return
-        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
-        if len(set(lengths)) != 1 or not _ASCII_DIGITS.fullmatch(lengths[0].strip()):
-            self.send_error(400, "bad Content-Length")
-            return
-        n = int(lengths[0])
-        if n > self.server.rpc.max_body:
-            self.send_error(413, f"body larger than {self.server.rpc.max_body} bytes")
+        n = framing.content_length(self.headers.get_all("Content-Length") or [],
+                                   self.headers.get("Transfer-Encoding"), self.server.rpc.max_body)
+        if isinstance(n, framing.FramingError):
+            self.send_error(n.status, n.message)
             return
         body = self.rfile.read(n)
         if len(body) < n:
@@ -329,36 +313,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """A bare JSON object, no HTTP: read exactly one object (tracking
         strings and nesting), reply with the JSON reply and a newline."""
         codec, cap = self.server.codec, self.server.rpc.max_body
-        depth, in_str, esc, size, done = 0, False, False, 0, False
+        scanner = framing.JsonObjectScanner()
         chunks: list[bytes] = []
         try:
-            while not done:
+            while not scanner.done:
                 data = self.rfile.peek(65536)
                 if not data:
                     self.close_connection = True
                     return  # EOF inside the object: nobody to answer
-                i, n = 0, len(data)
-                while i < n and not done:
-                    if esc:
-                        esc, i = False, i + 1
-                    elif in_str:
-                        m = _STR_SPECIAL.search(data, i)
-                        i = n if m is None else m.end()
-                        if m is not None:
-                            esc, in_str = m.group() == b"\\", m.group() != b'"'
-                    else:
-                        m = _JSON_SPECIAL.search(data, i)
-                        i = n if m is None else m.end()
-                        c = b"" if m is None else m.group()
-                        if c == b'"':
-                            in_str = True
-                        elif c in (b"{", b"["):
-                            depth += 1
-                        elif c in (b"}", b"]"):
-                            depth -= 1
-                            done = depth == 0
-                size += i
-                if size > cap:
+                i = scanner.feed(data)
+                if scanner.size > cap:
                     self.close_connection = True
                     self.wfile.write(codec.failure(f"body larger than {cap} bytes") + b"\n")
                     return
