@@ -1,5 +1,6 @@
 """The thin I/O shell: HTTP/1.1 POST on a Unix socket, one thread per
-connection (stdlib socketserver + http.server), our codecs in the middle.
+connection (stdlib socketserver), the sans-I/O `framing.RequestFramer` and our
+codecs in the middle; this module owns sockets, deadlines, slots and threads.
 
 - `XmlRpcServer` serves the ocaml-rpc XML-RPC dialect (xenopsd's socket,
   /var/xapi/memory); `JsonRpcServer` serves JSON-RPC with the same HTTP framing
@@ -23,22 +24,20 @@ connection (stdlib socketserver + http.server), our codecs in the middle.
   server's dialect (with a 4xx/5xx status when HTTP itself was wrong), and the
   server keeps serving.
 
-We build on http.server.BaseHTTPRequestHandler, the same base as
-xmlrpc.server.SimpleXMLRPCRequestHandler, rather than SimpleXMLRPCServer
-itself: its do_POST reads any Content-Length without a cap, accepts gzip
-bodies (a decompression bomb), and speaks Python's XML-RPC flavour (typed
-ints, <fault>), not ocaml-rpc's.
+The framer keeps http.server's request-line and header rules (and statuses)
+that this server was first built on; we never used SimpleXMLRPCServer: its
+do_POST reads any Content-Length without a cap, accepts gzip bodies (a
+decompression bomb), and speaks Python's XML-RPC flavour (typed ints,
+<fault>), not ocaml-rpc's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import grp
-import http.server
-import io
+import http
 import logging
 import os
-import re
 import socket
 import socketserver
 import stat
@@ -48,14 +47,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from squeezed.errors import InternalError, MemoryInterfaceError
-from squeezed.rpc import CodecError, jsonrpc, xmlrpc
+from squeezed.rpc import CodecError, framing, jsonrpc, xmlrpc
 from squeezed.rpc.dispatch import Dispatcher
 from squeezed.supervisor import Heartbeats
 
 log = logging.getLogger("squeezed.rpc")
 
 MAX_BODY = 1 << 20
-_JSON_SPACE = (b" ", b"\t", b"\r", b"\n")
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_FIRST_BYTE_TIMEOUT = 5.0
 DEFAULT_MAX_CONNECTIONS = 128
@@ -63,7 +61,6 @@ DEFAULT_MAX_OPEN = 1024
 # The accept loop wakes at least this often, to beat its heartbeat.
 POLL_INTERVAL_S = 0.5
 HEARTBEAT_SILENCE_S = 30.0
-_ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
 # A caller beyond the connection cap waits this long for a slot before it is
 # refused: in a boot storm, queueing beats failing a VM start.
 DEFAULT_SLOT_WAIT_S = 60.0
@@ -149,40 +146,7 @@ class _JsonCodec:
 # ------------------------------------------------------------------ I/O bits
 
 
-class _DeadlineReader(io.RawIOBase):
-    """Socket reads that fail once the current request's deadline passes,
-    however slowly the bytes trickle in."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.deadline = time.monotonic()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("request not received in time")
-        self.sock.settimeout(remaining)
-        return self.sock.recv_into(b)
-
-
-class _Writer(io.RawIOBase):
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self.sock.sendall(b)
-        return len(b)
-
-
 _REASONS = {code.value: code.phrase for code in http.HTTPStatus}
-_JSON_SPECIAL = re.compile(rb'["{}\[\]]')  # outside strings
-_STR_SPECIAL = re.compile(rb'["\\]')  # inside strings
 
 
 def http_reply(status: int, content_type: str, body: bytes, close: bool) -> bytes:
@@ -195,37 +159,47 @@ def http_reply(status: int, content_type: str, body: bytes, close: bool) -> byte
     return head.encode("ascii") + body
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive by default
+class _Handler(socketserver.BaseRequestHandler):
+    """The shell around one connection's RequestFramer: reads with deadlines,
+    takes a slot per request, sends replies."""
+
     server: _Server
-    rfile: io.BufferedReader  # type: ignore[assignment]  # peekable, set in setup()
-    wfile: _Writer  # type: ignore[assignment]
+    request: socket.socket
 
     def setup(self) -> None:
-        self.connection = self.request
-        self.reader = _DeadlineReader(self.request)
-        self.rfile = io.BufferedReader(self.reader, 65536)
-        self.wfile = _Writer(self.request)
+        rpc = self.server.rpc
+        self.framer = framing.RequestFramer(rpc.max_body, bare_json=rpc.raw_json)
+        self.deadline = time.monotonic()
+        self.close_connection = True
 
-    def finish(self) -> None:
-        with contextlib.suppress(OSError):
-            self.rfile.close()
+    def _recv(self) -> None:
+        """Feed the framer what the socket has, failing once the deadline
+        passes, however slowly the bytes trickle in."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request not received in time")
+        self.request.settimeout(remaining)
+        self.framer.receive_data(self.request.recv(65536))
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("rpc %s: " + format, self.server.server_address, *args)
+    def _write(self, data: bytes) -> None:
+        self.request.settimeout(self.server.rpc.request_timeout)
+        self.request.sendall(data)
+
+    def handle(self) -> None:
+        self.handle_one_request()
+        while not self.close_connection:
+            self.handle_one_request()
 
     def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
         log.info("rpc %s: " + format, self.server.server_address, *args)
 
     def _send(self, status: int, body: bytes, close: bool = False) -> None:
-        self.request.settimeout(self.server.rpc.request_timeout)
         close = close or self.close_connection
-        self.wfile.write(http_reply(status, self.server.codec.content_type, body, close))
+        self._write(http_reply(status, self.server.codec.content_type, body, close))
         if close:
             self.close_connection = True
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # http.server calls this for garbage request lines and headers
+    def send_error(self, code: int, message: str | None = None) -> None:
         msg = message or _REASONS.get(code, "error")
         self.log_error("HTTP %d: %s", code, msg)
         self.close_connection = True
@@ -235,55 +209,74 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         self.close_connection = True
         rpc = self.server.rpc
-        self.reader.deadline = time.monotonic() + min(rpc.first_byte_timeout_s,
-                                                      rpc.request_timeout)
+        self.deadline = time.monotonic() + min(rpc.first_byte_timeout_s, rpc.request_timeout)
         try:
-            first = self._first_byte()
+            if not self._await_start():
+                return  # the client closed the connection
         except TimeoutError:
             return  # idle connection: close quietly, nothing to answer
         except (ConnectionError, BrokenPipeError):
             return
-        if not first:
-            return  # the client closed the connection
-        self.reader.deadline = time.monotonic() + rpc.request_timeout
+        self.deadline = time.monotonic() + rpc.request_timeout
         # A slot per request, taken once it has started to arrive.
         if not self.server.slots.acquire(timeout=rpc.slot_wait_s):
             log.warning("rpc %s: too many requests at once; refusing one", rpc.path)
             self.send_error(503, "server busy: too many requests")
             return
         try:
-            self._one_request(first)
+            self._one_request()
         finally:
             self.server.slots.release()
 
-    def _first_byte(self) -> bytes:
-        """Peek the request's first byte; skip whitespace between bare JSON objects."""
-        first = self.rfile.peek(1)[:1]
-        if self.server.rpc.raw_json:
-            while first and first in _JSON_SPACE:
-                data = self.rfile.peek(65536)  # a whole run of whitespace at once
-                n = len(data) - len(data.lstrip(b" \t\r\n"))
-                self.rfile.read(n)
-                first = self.rfile.peek(1)[:1]
-        return first
+    def _await_start(self) -> bool:
+        """Read until a request begins (whitespace between bare JSON objects,
+        dropped by the framer a run at a time, does not count) or the stream ends."""
+        while not self.framer.started():
+            if self.framer.eof:
+                return False
+            self._recv()
+        return True
 
-    def _one_request(self, first: bytes) -> None:
+    def _next_event(self) -> framing.Event:
+        while True:
+            event = self.framer.next_event()
+            if event is framing.NEED_DATA:
+                self._recv()
+            elif event is framing.CONTINUE:
+                self._write(framing.CONTINUE_REPLY)
+            else:
+                return event
+
+    def _one_request(self) -> None:
+        codec = self.server.codec
         try:
-            if first == b"{" and self.server.rpc.raw_json:
+            try:
+                event = self._next_event()
+            except TimeoutError:
+                if not self.framer.in_bare_json:
+                    raise
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self._write(codec.failure("request not received in time") + b"\n")
+                return
+            if isinstance(event, framing.BareJson):
                 self.close_connection = False
-                self._raw_json()
-                return
-            self.raw_requestline = self.rfile.readline(65537)
-            if len(self.raw_requestline) > 65536:
-                self.requestline = self.request_version = self.command = ""
-                self.send_error(414)
-                return
-            if not self.parse_request():
-                return  # parse_request already replied via send_error
-            if self.command != "POST":
-                self.send_error(405, f"method {self.command[:20]} not allowed; POST a call")
-                return
-            self._post()
+                with self.server.rpc.in_flight():
+                    reply, undo = codec.handle_undoable(event.body)
+                    self._deliver(undo, lambda: self._write(reply + b"\n"))
+            elif isinstance(event, framing.Request):
+                self.close_connection = not event.keep_alive
+                with self.server.rpc.in_flight():
+                    reply, undo = codec.handle_undoable(event.body)
+                    self._deliver(undo, lambda: self._send(200, reply))
+            elif isinstance(event, framing.FramingError):
+                if self.framer.in_bare_json:
+                    self.close_connection = True
+                    self._write(codec.failure(event.message) + b"\n")
+                else:
+                    self.send_error(event.status, event.message)
+            else:  # CLOSED: the stream ended, or an empty request line
+                self.close_connection = True
         except TimeoutError:
             self.send_error(408, "request not received in time")
         except (ConnectionError, BrokenPipeError):
@@ -291,30 +284,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except Exception:  # noqa: BLE001 - never let one request kill the server
             log.exception("unexpected error serving a request")
             self.send_error(500, "internal server error")
-
-    def _post(self) -> None:
-        if self.headers.get("Transfer-Encoding"):
-            self.send_error(501, "Transfer-Encoding not supported; send Content-Length")
-            return
-        lengths = self.headers.get_all("Content-Length") or []
-        if not lengths:
-            self.send_error(411, "Content-Length required")
-            return
-        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
-        if len(set(lengths)) != 1 or not _ASCII_DIGITS.fullmatch(lengths[0].strip()):
-            self.send_error(400, "bad Content-Length")
-            return
-        n = int(lengths[0])
-        if n > self.server.rpc.max_body:
-            self.send_error(413, f"body larger than {self.server.rpc.max_body} bytes")
-            return
-        body = self.rfile.read(n)
-        if len(body) < n:
-            self.close_connection = True  # the client went away mid-body
-            return
-        with self.server.rpc.in_flight():
-            reply, undo = self.server.codec.handle_undoable(body)
-            self._deliver(undo, lambda: self._send(200, reply))
 
     def _deliver(self, undo: Undo, send: Callable[[], None]) -> None:
         """Send a reply; if it cannot be delivered, undo what the call made."""
@@ -324,59 +293,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if undo is not None:
                 undo()
             raise
-
-    def _raw_json(self) -> None:
-        """A bare JSON object, no HTTP: read exactly one object (tracking
-        strings and nesting), reply with the JSON reply and a newline."""
-        codec, cap = self.server.codec, self.server.rpc.max_body
-        depth, in_str, esc, size, done = 0, False, False, 0, False
-        chunks: list[bytes] = []
-        try:
-            while not done:
-                data = self.rfile.peek(65536)
-                if not data:
-                    self.close_connection = True
-                    return  # EOF inside the object: nobody to answer
-                i, n = 0, len(data)
-                while i < n and not done:
-                    if esc:
-                        esc, i = False, i + 1
-                    elif in_str:
-                        m = _STR_SPECIAL.search(data, i)
-                        i = n if m is None else m.end()
-                        if m is not None:
-                            esc, in_str = m.group() == b"\\", m.group() != b'"'
-                    else:
-                        m = _JSON_SPECIAL.search(data, i)
-                        i = n if m is None else m.end()
-                        c = b"" if m is None else m.group()
-                        if c == b'"':
-                            in_str = True
-                        elif c in (b"{", b"["):
-                            depth += 1
-                        elif c in (b"}", b"]"):
-                            depth -= 1
-                            done = depth == 0
-                size += i
-                if size > cap:
-                    self.close_connection = True
-                    self.wfile.write(codec.failure(f"body larger than {cap} bytes") + b"\n")
-                    return
-                chunks.append(self.rfile.read(i))
-        except TimeoutError:
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.request.settimeout(self.server.rpc.request_timeout)
-                self.wfile.write(codec.failure("request not received in time") + b"\n")
-            return
-        with self.server.rpc.in_flight():
-            reply, undo = codec.handle_undoable(b"".join(chunks))
-
-            def send() -> None:
-                self.request.settimeout(self.server.rpc.request_timeout)
-                self.wfile.write(reply + b"\n")
-
-            self._deliver(undo, send)
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):

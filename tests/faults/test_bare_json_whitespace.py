@@ -3,34 +3,42 @@ read a byte at a time."""
 
 from __future__ import annotations
 
-import io
+import time
 from types import SimpleNamespace
 
+from squeezed.rpc import framing
 from squeezed.rpc.server import _Handler
 
 
-class CountingReader(io.BytesIO):
+class CountingSocket:
     def __init__(self, data: bytes) -> None:
-        super().__init__(data)
+        self.data = data
         self.reads = 0
 
-    def read(self, n: int | None = -1) -> bytes:
-        self.reads += 1
-        return super().read(n)
+    def settimeout(self, t: float) -> None:
+        pass
 
-    def peek(self, n: int = 1) -> bytes:
-        return self.getvalue()[self.tell():self.tell() + max(n, 65536)]
+    def recv(self, n: int) -> bytes:
+        self.reads += 1
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+
+def handler(data: bytes) -> tuple[SimpleNamespace, CountingSocket]:
+    sock = CountingSocket(data)
+    fake = SimpleNamespace(request=sock, deadline=time.monotonic() + 60,
+                           framer=framing.RequestFramer(1 << 20, bare_json=True))
+    fake._recv = lambda: _Handler._recv(fake)  # type: ignore[arg-type]
+    return fake, sock
 
 
 def test_whitespace_run_is_skipped_in_few_reads() -> None:
-    rfile = CountingReader(b" \n\t\r" * 5000 + b'{"method":"x"}')
-    fake = SimpleNamespace(rfile=rfile, server=SimpleNamespace(rpc=SimpleNamespace(raw_json=True)))
-    assert _Handler._first_byte(fake) == b"{"  # type: ignore[arg-type]
-    assert rfile.reads <= 2, rfile.reads
-    assert rfile.read(1) == b"{"
+    fake, sock = handler(b" \n\t\r" * 5000 + b'{"method":"x"}')
+    assert _Handler._await_start(fake) is True  # type: ignore[arg-type]
+    assert sock.reads <= 2, sock.reads
+    assert fake.framer.next_event() == framing.BareJson(b'{"method":"x"}')
 
 
 def test_whitespace_then_eof() -> None:
-    rfile = CountingReader(b"   \n")
-    fake = SimpleNamespace(rfile=rfile, server=SimpleNamespace(rpc=SimpleNamespace(raw_json=True)))
-    assert _Handler._first_byte(fake) == b""  # type: ignore[arg-type]
+    fake, sock = handler(b"   \n")
+    assert _Handler._await_start(fake) is False  # type: ignore[arg-type]
