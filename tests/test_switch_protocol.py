@@ -153,6 +153,8 @@ def test_reader_requests():
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
     b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
     b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+    "HTTP/1.1 200 OK\r\ncontent-length: \u00b2\r\n\r\n".encode(),  # a digit, not ASCII
+    "HTTP/1.1 2\u0662\u0660 OK\r\n\r\n".encode(),
     b"HTTP/1.1 2xx OK\r\n\r\n",
     b"SMTP hello\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
