@@ -12,6 +12,7 @@ are powers of two (0.125 s ...) so that virtual time adds up exactly.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -57,6 +58,10 @@ def test_progress_only_towards_the_target() -> None:
     assert m.is_active(1) and m.is_active(2)
     assert m.next_deadline_s(Host((d(1, 990, 500), d(2, 95, 500)), 0)) == 4.0
     m.update(Host((d(1, 990, 500), d(2, 95, 500)), 0), 4.0)
+    assert m.is_active(1) and m.is_active(2)
+    # one KiB is progress too, either way
+    m.update(Host((d(1, 989, 500), d(2, 96, 500)), 0), 4.5)
+    m.update(Host((d(1, 989, 500), d(2, 96, 500)), 0), 5.25)
     assert m.is_active(1) and m.is_active(2)
 
 
@@ -137,10 +142,12 @@ def test_back_off_then_wake_at_the_stuck_deadline() -> None:
     # deadline is 3.0 s (its clock started at 0, when it was at its target),
     # so the loop wakes at 3.0 + min_poll = 3.125, sees it stuck and fails.
     host = WaitRecorder(0, [guest(1, 1000 * MIB, 100 * MIB, Stuck())])
+    stats = ops.OpStats()
     with pytest.raises(Exception, match=r"refused to cooperate: \[1\]"):
-        ops.free_memory(host, EngineConfig(**POLL, stuck_after_s=3.0), 300 * MIB)
+        ops.free_memory(host, EngineConfig(**POLL, stuck_after_s=3.0), 300 * MIB, stats)
     assert host.waits == [0.125, 0.25, 0.5, 1.0, 1.0, 0.25]
     assert host.now() == 3.125
+    assert stats.elapsed_s == 3.125 and stats.iterations == 7  # filled in on failure too
 
 
 def test_wake_at_the_operation_deadline() -> None:
@@ -164,6 +171,23 @@ def test_stuck_after_shorter_than_min_poll() -> None:
     assert host.waits == [0.125]
 
 
+class CoarseWait(WaitRecorder):
+    """Oversleeps to the next whole second, as a busy machine may."""
+
+    def wait(self, seconds: float) -> None:
+        now = self.now()
+        super().wait(math.ceil(now + seconds) - now)
+
+
+def test_the_operation_may_run_until_its_deadline_inclusive() -> None:
+    # timeout 2 s; looks at 0, 1 and 2 s (not yet past the deadline), fails at 3
+    host = CoarseWait(0, [guest(1, 1000 * MIB, 100 * MIB, Stuck())])
+    with pytest.raises(Exception, match=r"^operation timed out after 3\.0 s"):
+        ops.free_memory(host, EngineConfig(**POLL, stuck_after_s=100.0, operation_timeout_s=2.0),
+                        300 * MIB)
+    assert host.now() == 3.0
+
+
 def test_polls_fast_while_memory_moves() -> None:
     # 512 MiB/s freeing 256 MiB: half a second of steady movement, every poll
     # at min_poll (moving resets the back-off), four polls of 0.125 s.
@@ -171,6 +195,7 @@ def test_polls_fast_while_memory_moves() -> None:
     stats = ops.free_memory(host, EngineConfig(**POLL), 256 * MIB)
     assert host.waits == [0.125] * 4
     assert stats.iterations == 5 and stats.elapsed_s == 0.5
+    assert host.snapshots_taken == 5  # one a poll: the first reuses the operation's own
     assert host.domain(1).actual_kib == 768 * MIB
 
 
@@ -250,6 +275,12 @@ def test_allocation_phase_when_nobody_frees() -> None:
     dec = Squeezer(StucknessMonitor(5.0)).step(Host((b,), 400), 0, Calls(False), 0.0)
     assert dec.actions == (Action(2, 900),) and dec.allocating is True
     assert dec.max_free_kib == 800
+    # A, fixed at 1000 (its share, what it holds), frees nothing: B may still grow
+    a = d(1, 1000, 1000, dmin=1000, dmax=1000, inacc=4)
+    b4 = d(2, 500, 500, dmin=100, dmax=2000, inacc=4)
+    dec = Squeezer(StucknessMonitor(5.0)).step(Host((a, b4), 400), 0, Calls(False), 0.0)
+    # max_free = 400 + (0 - 8) + (400 - 8) = 784: B's share 100 + 784 = 884
+    assert dec.actions == (Action(2, 884),) and dec.allocating is True
 
 
 def test_success_judged_on_memory_that_stays_free() -> None:
@@ -272,12 +303,14 @@ def test_inactive_domains_room_to_grow_is_not_free() -> None:
     one = d(1, 1000, 1100, dmin=100, dmax=2000, maxmem=1200, uncooperative=True)
     two = d(2, 300, 300, maxmem=900, can_balloon=False)
     three = d(3, 700, 700, dmin=700, dmax=700)
+    # 4: flagged and off target too, but already at its maxmem: no room
+    four = d(4, 600, 500, dmin=100, dmax=2000, maxmem=600, uncooperative=True)
     seen = Calls(False)
-    dec = Squeezer(StucknessMonitor(5.0)).step(Host((one, two, three), 500), 0, seen, 0.0)
+    dec = Squeezer(StucknessMonitor(5.0)).step(Host((one, two, three, four), 500), 0, seen, 0.0)
     assert seen.seen == [300]
-    assert dec.verdict is Verdict.FAILED and dec.blamed == (1,)
+    assert dec.verdict is Verdict.FAILED and dec.blamed == (1, 4)
     assert dec.active == frozenset({3})
-    assert [x.domid for x in dec.declared_inactive] == [1, 2]
+    assert [x.domid for x in dec.declared_inactive] == [1, 2, 4]
     assert dec.max_free_kib == 300  # 300 free + 3's (700 - 700) - 0
 
 
