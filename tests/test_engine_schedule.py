@@ -21,7 +21,7 @@ from squeezed.engine.model import Action, Domain, Host
 from squeezed.engine.operations import EngineConfig
 from squeezed.engine.squeezer import Squeezer, StucknessMonitor, Verdict
 from squeezed.sim.drivers import Ideal, Stuck
-from squeezed.sim.virtual import SimDomain, SimulatedHost
+from squeezed.sim.virtual import SimDomain, SimulatedHost, VirtualClock
 
 MIB = 1024
 
@@ -141,12 +141,13 @@ def test_back_off_then_wake_at_the_stuck_deadline() -> None:
     # doubles (0.125, 0.25, 0.5, 1.0) up to max_poll_s; the guest's stuck
     # deadline is 3.0 s (its clock started at 0, when it was at its target),
     # so the loop wakes at 3.0 + min_poll = 3.125, sees it stuck and fails.
-    host = WaitRecorder(0, [guest(1, 1000 * MIB, 100 * MIB, Stuck())])
+    # (The clock starts at 1000 s: durations are differences, not readings.)
+    host = WaitRecorder(0, [guest(1, 1000 * MIB, 100 * MIB, Stuck())], clock=VirtualClock(1000.0))
     stats = ops.OpStats()
     with pytest.raises(Exception, match=r"refused to cooperate: \[1\]"):
         ops.free_memory(host, EngineConfig(**POLL, stuck_after_s=3.0), 300 * MIB, stats)
     assert host.waits == [0.125, 0.25, 0.5, 1.0, 1.0, 0.25]
-    assert host.now() == 3.125
+    assert host.now() == 1003.125
     assert stats.elapsed_s == 3.125 and stats.iterations == 7  # filled in on failure too
 
 
