@@ -39,7 +39,7 @@ PKG_FILES   = $(shell find squeezed -name __pycache__ -prune -o \( -type f -o -t
 help:
 	@echo "make test       run the test suite (./dev test)"
 	@echo "make run        run squeezed on the simulated host (./dev run)"
-	@echo "make lint       ruff check"
+	@echo "make lint       ruff check and mypy (as CI: tests/test_lint.py)"
 	@echo "make bench      engine benchmark"
 	@echo "make bench-scale  a thousand guests: simulators, engine vs upstream, whole daemon"
 	@echo "make test-xen   tests against real Xen under QEMU"
@@ -59,6 +59,7 @@ run:
 
 lint: $(STAMP)
 	.venv/bin/ruff check .
+	.venv/bin/mypy squeezed
 
 bench: $(STAMP)
 	$(VENV) bench/bench_engine.py

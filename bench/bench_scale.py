@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from squeezed.engine import EngineConfig, free_memory
-from squeezed.errors import CannotFreeThisMuchMemory, DomainsRefusedToCooperate
+from squeezed.engine.errors import CannotFree, DomainsRefused
 from squeezed.rpc.client import ConnectionFailed, MemoryClient
 from squeezed.sim.drivers import Ideal, Stuck
 from squeezed.sim.virtual import RealClock, SimDomain, SimulatedHost, VirtualClock
@@ -227,7 +227,7 @@ def impossible_case() -> dict:
     try:
         free_memory(host, EngineConfig(reserve_kib=0), 4 * GIB)
         outcome = "success?!"
-    except CannotFreeThisMuchMemory:
+    except CannotFree:
         outcome = "Cannot_free_this_much_memory"
     wall_s = time.perf_counter() - t0
     untouched = host.writes == 0 and all(
@@ -242,7 +242,7 @@ def stuck_case() -> dict:
     try:
         free_memory(host, EngineConfig(reserve_kib=0), GIB)
         outcome, detail = "success?!", None
-    except DomainsRefusedToCooperate as e:
+    except DomainsRefused as e:
         outcome, detail = "Domains_refused_to_cooperate", e.domids
     return {"wall_s": time.perf_counter() - t0, "outcome": outcome, "domids": detail}
 

@@ -8,10 +8,10 @@ daemon finds it) and the virtual-time simulator (`squeezed.sim.virtual`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from squeezed.engine.io import HostIO
 from squeezed.engine.model import Host
-from squeezed.engine.operations import HostIO
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,6 @@ class Backend(HostIO, Protocol):
 
     def domain_exists(self, domid: int) -> bool: ...
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """Raw host facts for diagnostics: free/scrub/total KiB etc."""
         ...

@@ -23,7 +23,7 @@ import textwrap
 from typing import Any, TextIO
 
 from squeezed import idl
-from squeezed.errors import MemoryError_
+from squeezed.errors import MemoryInterfaceError
 from squeezed.rpc.client import ConnectionFailed, MemoryClient, NoReply, ProtocolError
 from squeezed.rpc.dispatch import INT64_MAX, INT64_MIN, INT_MAX, INT_MIN, TypeMismatch, unmarshal
 from squeezed.switch.client import SwitchMemoryClient
@@ -256,7 +256,7 @@ def main(
         what = "message-switch" if args.switch else "squeezed"
         print(f"squeezectl: cannot connect to {path}: {e.reason}. Is {what} running?", file=err)
         return EXIT_CONNECT
-    except MemoryError_ as e:
+    except MemoryInterfaceError as e:
         wire_err = e.wire()
         if args.json:
             print(json.dumps({"error": wire_err}), file=out)

@@ -33,13 +33,14 @@ from dataclasses import dataclass, fields, replace
 from logging.handlers import SysLogHandler
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from squeezed.xen.xenstore import DEFAULT_SOCKET as DEFAULT_XENSTORED_SOCKET
+from squeezed.xen.xenstore import default_socket_path
+
 if TYPE_CHECKING:
     from squeezed.engine.operations import EngineConfig
 
 DEFAULT_CONFIG_FILE = "/etc/squeezed.conf"
 DEFAULT_CONFIG_DIR = "/etc/squeezed.conf.d"
-# Same rule as libxenstore: $XENSTORED_PATH, else the standard socket.
-DEFAULT_XENSTORED_SOCKET = "/var/run/xenstored/socket"
 
 _GIB = 1024**3
 _INT64_MAX = 2**63 - 1  # upstream stores byte counts as OCaml Int64
@@ -95,8 +96,7 @@ class Config:
         return suffix if suffix in _FACILITIES else self.log_facility
 
     def xenstored_socket_path(self, environ: Mapping[str, str] | None = None) -> str:
-        env = os.environ if environ is None else environ
-        return self.xenstored_socket or env.get("XENSTORED_PATH") or DEFAULT_XENSTORED_SOCKET
+        return self.xenstored_socket or default_socket_path(environ)
 
     def engine_config(self) -> EngineConfig:
         """The engine's constants from this configuration."""
@@ -649,8 +649,8 @@ def load(
         _read_file(config_file, raw, warnings)
     for path in _conf_d_files(config_dir, explicit_dir):
         _read_file(path, raw, warnings)
-    for key, value in cli:
-        raw[key] = (value, COMMAND_LINE)
+    for name, value in cli:
+        raw[name] = (value, COMMAND_LINE)
 
     values: dict[str, Any] = {}
     provenance: Provenance = {name: DEFAULT for name in KEYS}

@@ -20,18 +20,32 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from squeezed import __version__, systemd
-from squeezed.config import ConfigError, apply_reloadable, format_config, help_text, load
-from squeezed.engine.operations import OperationAbandoned
+from squeezed.config import (
+    Config,
+    ConfigError,
+    Options,
+    Provenance,
+    apply_reloadable,
+    format_config,
+    help_text,
+    load,
+)
+from squeezed.engine.errors import DeadlineExceeded, HostFailed, OperationAbandoned
 from squeezed.errors import InternalError
 from squeezed.logsetup import set_level, setup_logging
 from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
 from squeezed.supervisor import Supervisor
+
+if TYPE_CHECKING:  # imported when used: a production start never loads the simulator
+    from squeezed.sim.xenhost import SimulatedXenHost
+    from squeezed.xen.host import XenHost
+    from squeezed.xen.xenstore import XenstoreClient
 
 log = logging.getLogger("squeezed")
 
@@ -102,13 +116,16 @@ class PidLockContext:
 
 
 class Daemon:
-    def __init__(self, cfg: Any, opts: Any, provenance: Any) -> None:
+    xs_path: str  # set by _open_host
+    run_dir: Path  # set by _run
+
+    def __init__(self, cfg: Config, opts: Options, provenance: Provenance) -> None:
         self.cfg = cfg
         self.opts = opts
         self.provenance = provenance
         self.sup = Supervisor()
-        self.sim: Any = None
-        self.host: Any = None
+        self.sim: SimulatedXenHost | None = None
+        self.host: XenHost | None = None
         self.service: MemoryService | None = None
         self.servers: list[Any] = []
         self.switch: Any = None  # the message-switch queue server, with use-switch
@@ -116,7 +133,7 @@ class Daemon:
         self.initial: InitialFreeMemory | None = None
         self.ready = False
         self.owns_run_dir = False
-        self.xs: Any = None
+        self.xs: XenstoreClient | None = None
         # Set by signal handlers: plain flags, which are safe to set at any
         # instant (an Event's lock may be held by the thread being interrupted).
         self.stop_requested = False
@@ -132,12 +149,16 @@ class Daemon:
     def _path(self, key: str, sim_name: str) -> str:
         """With --simulate, paths nobody set explicitly go to the run dir,
         never to a system directory."""
-        value = getattr(self.cfg, key.replace("-", "_"))
+        value: str = getattr(self.cfg, key.replace("-", "_"))
         if self.opts.simulate is not None and not self._explicit(key):
             return str(self.run_dir / sim_name)
         return value
 
     # -- start-up ---------------------------------------------------------
+
+    def _xen(self) -> XenHost:
+        assert self.host is not None, "_open_host comes first"
+        return self.host
 
     def _open_host(self) -> bool:
         """Open libxenctrl (no hypervisor: StartupError, exit 1) and try
@@ -149,7 +170,7 @@ class Daemon:
         from squeezed.xen.xenstore import XenstoreClient
 
         lib = self.cfg.libxenctrl or None
-        xs_path = self.cfg.xenstored_socket or None
+        xs_path = self.cfg.xenstored_socket_path()
         if self.opts.simulate is not None:
             from squeezed.sim.launch import start_simulated_host
 
@@ -185,10 +206,10 @@ class Daemon:
         systemd.status("reading the host")
         try:
             if self.cfg.manage_domain_zero:
-                self.host.configure_domain_zero(
+                self._xen().configure_domain_zero(
                     self.cfg.domain_zero_dynamic_min_bytes, self.cfg.domain_zero_dynamic_max_bytes
                 )
-            self.host.snapshot()  # the host has been read once before serving it
+            self._xen().snapshot()  # the host has been read once before serving it
         except OperationAbandoned:
             raise StopDuringStartup() from None
         except Exception as e:
@@ -274,7 +295,8 @@ class Daemon:
                 log.warning("test hook: holding a request at %s", point)
                 threading.Event().wait()
 
-        once = ExactlyOnce(self.service, XenstoreRecords(self.xs), self.host.reservations,
+        assert self.xs is not None
+        once = ExactlyOnce(self.service, XenstoreRecords(self.xs), self._xen().reservations,
                            hold=hold if hold_at else None)
         codec = _JsonCodec(Dispatcher(once))  # the same dispatcher and codec as json-socket
         last_prune = [0.0]
@@ -307,8 +329,9 @@ class Daemon:
                 try:
                     if self.service.balance_if_unbalanced():
                         log.info("periodic balancer rebalanced host memory")
-                except InternalError as e:  # the host failed (a refused write, the deadline)
-                    log.error("periodic balance failed: %s", e.message)
+                except (InternalError, HostFailed, DeadlineExceeded) as e:
+                    # the host failed (a refused write), or the deadline passed
+                    log.error("periodic balance failed: %s", e)
                 beat()
         finally:
             self.sup.heartbeats.unregister("balancer")
@@ -351,7 +374,7 @@ class Daemon:
         beat = self.sup.heartbeats.register("xenstore-watcher", WATCHER_MAX_SILENCE_S)
         watcher = Watcher(self.xs_path)
         try:
-            self.host.run_watcher(watcher, stop, beat)
+            self._xen().run_watcher(watcher, stop, beat)
         finally:
             self.sup.heartbeats.unregister("xenstore-watcher")
             watcher.close()
@@ -368,7 +391,7 @@ class Daemon:
                 raise SystemExit(0)
 
         value = measure_stable(
-            self.host.boot_time_free_bytes,
+            self._xen().boot_time_free_bytes,
             self.cfg.boot_time_host_free_memory_minimal_constant_count,
             self.cfg.boot_time_host_free_memory_check_interval_s,
             sleep=sleep,
@@ -416,6 +439,8 @@ class Daemon:
         else:
             self.run_dir = Path("/var/run/squeezed")
         host_read = self._open_host()
+        host, xs = self._xen(), self.xs
+        assert xs is not None
         initial = self.initial = InitialFreeMemory(
             self._path("boot-time-memory-file", "boot_time_memory"))
         if self.opts.simulate is not None and not self._explicit("boot-time-memory-file"):
@@ -423,10 +448,10 @@ class Daemon:
                 os.unlink(initial.path)  # a fresh simulated host each time
         initial.load_persisted()
         self.service = MemoryService(
-            self.host, self.cfg.engine_config(),
+            host, self.cfg.engine_config(),
             Dom0Policy(self.cfg.manage_domain_zero, self.cfg.domain_zero_dynamic_min_bytes,
                        self.cfg.domain_zero_dynamic_max_bytes),
-            initial, self.host.dom0_total_bytes, self.host.dom0_dynamic_max_bytes,
+            initial, host.dom0_total_bytes, host.dom0_dynamic_max_bytes,
         )
         self.service.on_set_log_level = set_level
         self._start_servers()
@@ -440,7 +465,7 @@ class Daemon:
         # time the start out, and restarts would burn systemd's start limit.
         systemd.ready()
         systemd.status("serving" if host_read else
-                       f"waiting for xenstored at {self.xs.path} (retrying every "
+                       f"waiting for xenstored at {xs.path} (retrying every "
                        f"{XENSTORED_RETRY_S:g} s)")
         log.info("squeezed %s ready%s", __version__,
                  f" (simulated host in {self.run_dir})" if self.sim else "")
@@ -540,23 +565,26 @@ class Daemon:
         systemd.status("shutting down")
         # The operation in flight was abandoned (its waits raise); each server
         # lets requests in progress send their replies before it closes.
+        # Every step runs even if an earlier one fails; a failure is logged
+        # with its traceback (it may leave a socket or thread behind).
+        def step(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("shutdown: %s failed", what)
+
         if self.switch is not None:
-            with contextlib.suppress(Exception):
-                self.switch.shutdown()
+            step("stopping the message-switch server", self.switch.shutdown)
         for s in self.servers:
-            with contextlib.suppress(Exception):
-                s.shutdown()
+            step(f"closing {s.path}", s.shutdown)
         self.sup.stop.set()
         self.sup.join(5.0)
         if self.xs is not None:
-            with contextlib.suppress(Exception):
-                self.xs.close()
+            step("closing the xenstore client", self.xs.close)
         if self.sim_switch is not None:
-            with contextlib.suppress(Exception):
-                self.sim_switch.stop()
+            step("stopping the simulated message-switch", self.sim_switch.stop)
         if self.sim is not None:
-            with contextlib.suppress(Exception):
-                self.sim.stop()
+            step("stopping the simulated host", self.sim.stop)
         if self.owns_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         log.info("squeezed stopped")
@@ -590,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     pidfile = None if opts.simulate is not None and not daemon._explicit("pidfile") else cfg.pidfile
     try:
         if opts.daemon:
-            import daemon as pydaemon  # python-daemon
+            import daemon as pydaemon  # type: ignore[import-untyped]  # python-daemon
 
             if not pidfile:
                 raise StartupError("--daemon needs a pidfile")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 
-class MemoryError_(Exception):
+class MemoryInterfaceError(Exception):
     """Base class of every error the Memory interface can return."""
 
     name = "Unknown_error"
@@ -23,7 +23,7 @@ class MemoryError_(Exception):
         return self.name if a is None else [self.name, a]
 
 
-class CannotFreeThisMuchMemory(MemoryError_):
+class CannotFreeThisMuchMemory(MemoryInterfaceError):
     name = "Cannot_free_this_much_memory"
 
     def __init__(self, needed_kib: int, free_kib: int) -> None:
@@ -35,7 +35,7 @@ class CannotFreeThisMuchMemory(MemoryError_):
         return [self.needed_kib, self.free_kib]
 
 
-class DomainsRefusedToCooperate(MemoryError_):
+class DomainsRefusedToCooperate(MemoryInterfaceError):
     name = "Domains_refused_to_cooperate"
 
     def __init__(self, domids: list[int]) -> None:
@@ -46,7 +46,7 @@ class DomainsRefusedToCooperate(MemoryError_):
         return list(self.domids)
 
 
-class UnknownReservation(MemoryError_):
+class UnknownReservation(MemoryInterfaceError):
     name = "Unknown_reservation"
 
     def __init__(self, reservation_id: str) -> None:
@@ -57,14 +57,14 @@ class UnknownReservation(MemoryError_):
         return self.reservation_id
 
 
-class NoReservation(MemoryError_):
+class NoReservation(MemoryInterfaceError):
     name = "No_reservation"
 
     def __init__(self) -> None:
         super().__init__("no reservation")
 
 
-class InvalidMemoryValue(MemoryError_):
+class InvalidMemoryValue(MemoryInterfaceError):
     name = "Invalid_memory_value"
 
     def __init__(self, value: int) -> None:
@@ -75,7 +75,7 @@ class InvalidMemoryValue(MemoryError_):
         return self.value
 
 
-class InternalError(MemoryError_):
+class InternalError(MemoryInterfaceError):
     name = "Internal_error"
 
     def __init__(self, message: str) -> None:
@@ -86,14 +86,14 @@ class InternalError(MemoryError_):
         return self.message
 
 
-class UnknownError(MemoryError_):
+class UnknownError(MemoryInterfaceError):
     name = "Unknown_error"
 
     def __init__(self) -> None:
         super().__init__("unknown error")
 
 
-ALL_ERRORS: tuple[type[MemoryError_], ...] = (
+ALL_ERRORS: tuple[type[MemoryInterfaceError], ...] = (
     CannotFreeThisMuchMemory,
     DomainsRefusedToCooperate,
     UnknownReservation,
@@ -104,10 +104,11 @@ ALL_ERRORS: tuple[type[MemoryError_], ...] = (
 )
 
 
-def from_wire(value: Any) -> MemoryError_:
+def from_wire(value: Any) -> MemoryInterfaceError:
     """Rebuild an exception from its wire form (used by clients)."""
+    arg: Any = None  # whatever the server sent: checked by the conversions below
     if isinstance(value, str):
-        name, arg = value, None
+        name = value
     elif isinstance(value, list) and value and isinstance(value[0], str):
         name = value[0]
         arg = value[1] if len(value) == 2 else value[1:]

@@ -21,13 +21,15 @@ from typing import Any
 
 from squeezed import __version__, debuginfo
 from squeezed.backend import Backend, Reservation
+from squeezed.engine import errors as engine_errors
 from squeezed.engine import operations as ops
 from squeezed.engine.operations import EngineConfig, OpStats
 from squeezed.errors import (
     CannotFreeThisMuchMemory,
+    DomainsRefusedToCooperate,
     InternalError,
     InvalidMemoryValue,
-    MemoryError_,
+    MemoryInterfaceError,
     NoReservation,
     UnknownReservation,
 )
@@ -48,6 +50,22 @@ _DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib",
                         "memory_actual_kib", "memory_max_kib", "name", "flags")
 # Backend facts (XenHost.describe) passed on in get_state's host struct when present.
 _HOST_FACTS = ("xen_free_kib", "xen_scrub_kib", "xen_total_kib", "reservations_kib")
+
+
+def wire_error(e: engine_errors.EngineError, reserve_kib: int) -> MemoryInterfaceError:
+    """The one place where the engine's errors become the interface's (as
+    upstream's memory_server.ml `wrap`): amounts net of the kept reserve."""
+    if isinstance(e, MemoryInterfaceError):  # a host's failure that is one already (XenHost's)
+        return e
+    if isinstance(e, engine_errors.CannotFree):
+        return CannotFreeThisMuchMemory(e.needed_kib - reserve_kib, e.free_kib - reserve_kib)
+    if isinstance(e, engine_errors.DomainsRefused):
+        return DomainsRefusedToCooperate(e.domids)
+    if isinstance(e, engine_errors.InvalidAmount):
+        return InvalidMemoryValue(e.value_kib)
+    if isinstance(e, engine_errors.OperationAbandoned):
+        return InternalError("squeezed is shutting down; operation abandoned")
+    return InternalError(str(e))  # DeadlineExceeded, HostFailed
 
 
 @dataclass(frozen=True)
@@ -204,21 +222,21 @@ class MemoryService:
                 rec.active = True
                 result = fn(st)
             rec.outcome = "success"
-        except CannotFreeThisMuchMemory as e:
-            # Callers see amounts net of the kept reserve, as upstream reports.
-            rec.outcome = e.name
-            raise CannotFreeThisMuchMemory(
-                e.needed_kib - self.cfg.reserve_kib, e.free_kib - self.cfg.reserve_kib
-            ) from None
-        except MemoryError_ as e:
+        except MemoryInterfaceError as e:  # the service's own, or a host's (XenHostError)
             if self._shutting_down:
                 rec.outcome = "abandoned"
                 raise InternalError("squeezed is shutting down; operation abandoned") from None
             rec.outcome = e.name
             raise
-        except ops.OperationAbandoned:
-            rec.outcome = "abandoned"
-            raise InternalError("squeezed is shutting down; operation abandoned") from None
+        except engine_errors.EngineError as e:
+            # Shutting down, a failure is the shutdown's doing (Cannot_free fails
+            # fast, before anything could be abandoned).
+            abandoned = isinstance(e, engine_errors.OperationAbandoned) or (
+                self._shutting_down and not isinstance(e, engine_errors.CannotFree))
+            err = wire_error(engine_errors.OperationAbandoned() if abandoned else e,
+                             self.cfg.reserve_kib)
+            rec.outcome = "abandoned" if abandoned else err.name
+            raise err from None
         except Exception as e:
             if self._shutting_down:
                 rec.outcome = "abandoned"
@@ -386,12 +404,17 @@ class MemoryService:
             st = OpStats()
             try:
                 ops.balance(self.backend, self.cfg, stats=st)
-            except ops.OperationAbandoned:
+            except engine_errors.OperationAbandoned:
                 self._done(rec, "abandoned")
                 return False
             except BaseException as e:
-                self._done(rec, e.name if isinstance(e, MemoryError_) else
-                           f"failed: {type(e).__name__}")
+                if isinstance(e, engine_errors.EngineError):  # recorded as the wire names it
+                    outcome = wire_error(e, self.cfg.reserve_kib).name
+                elif isinstance(e, MemoryInterfaceError):
+                    outcome = e.name
+                else:
+                    outcome = f"failed: {type(e).__name__}"
+                self._done(rec, outcome)
                 raise
             finally:
                 rec.active = False

@@ -122,14 +122,6 @@ class Watchdog:
         self._was_healthy = True
         self._thread = threading.Thread(target=self._run, name="sd-watchdog", daemon=True)
 
-    @classmethod
-    def from_environment(
-        cls, healthy: Callable[[], bool], environ: Mapping[str, str] | None = None
-    ) -> Watchdog | None:
-        """A Watchdog if systemd enabled one for this process, else None."""
-        interval_s = watchdog_interval_s(environ)
-        return None if interval_s is None else cls(interval_s, healthy)
-
     def tick(self) -> bool:
         """One check: ping if healthy. Returns whether it pinged."""
         try:

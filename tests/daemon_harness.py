@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from squeezed.errors import MemoryError_
+from squeezed.errors import MemoryInterfaceError
 from squeezed.rpc.client import ConnectionFailed, MemoryClient
 from squeezed.sim.xenhost import SimulatedXenHost, ideal_driver
 
@@ -117,4 +117,4 @@ class DaemonProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-__all__ = ["DaemonProcess", "MemoryError_", "make_sim", "GIB", "MIB", "FAST"]
+__all__ = ["DaemonProcess", "MemoryInterfaceError", "make_sim", "GIB", "MIB", "FAST"]

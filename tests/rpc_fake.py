@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from squeezed.errors import MemoryError_
+from squeezed.errors import MemoryInterfaceError
 from squeezed.rpc.dispatch import Dispatcher
 from squeezed.rpc.server import JsonRpcServer, RpcServer, XmlRpcServer
 
@@ -127,7 +127,7 @@ class FakeService:
         return self._do("get_state", dbg)
 
 
-def raise_next(fake: FakeService, e: MemoryError_ | Exception) -> None:
+def raise_next(fake: FakeService, e: MemoryInterfaceError | Exception) -> None:
     fake.raise_next = e
 
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from squeezed.engine import EngineConfig, balance, free_memory, free_memory_range, reserve
-from squeezed.errors import CannotFreeThisMuchMemory, DomainsRefusedToCooperate
+from squeezed.engine.errors import CannotFree, DomainsRefused
 from squeezed.sim.drivers import Ceiling, Floor, Ideal, Intermittent, SlowStart, Stuck
 from squeezed.sim.virtual import SimDomain, SimulatedHost
 
@@ -159,7 +159,7 @@ def test_engine_properties(host_spec, op, reserve_kib):
             needed_kib = lo + reserve_kib
         else:
             balance(host, cfg)
-    except CannotFreeThisMuchMemory:
+    except CannotFree:
         # A refusal must be justified: never when it was surely possible
         # (every balloonable domain ideal, enough even with every driver
         # stopping a full inaccuracy short).
@@ -169,7 +169,7 @@ def test_engine_properties(host_spec, op, reserve_kib):
             required_kib = min(kib, cap * pct2 // 100) + reserve_kib
         assert required_kib is not None
         assert not surely_possible(free_kib, doms, required_kib), (free_kib, required_kib)
-    except DomainsRefusedToCooperate as e:
+    except DomainsRefused as e:
         # Only a domain whose driver misbehaves may be blamed, never an ideal one.
         assert e.domids, "refused without naming a domain"
         for domid in e.domids:
@@ -200,10 +200,10 @@ def test_failure_is_fast_when_impossible(host_spec, kib):
     try:
         free_memory(host, EngineConfig(reserve_kib=0, stuck_after_s=STUCK_AFTER_S), kib)
         assert free_kib + freeable >= kib
-    except CannotFreeThisMuchMemory:
+    except CannotFree:
         if free_kib + freeable < kib:
             assert host.now() == 0 and host.targets_written == []
-    except DomainsRefusedToCooperate:
+    except DomainsRefused:
         assert free_kib + freeable >= kib
 
 
@@ -229,7 +229,7 @@ def test_ideal_drivers_always_succeed_when_possible(specs, kib):
         limit_s = max((actual0[d.domid] - d.target_kib) / d.driver.rate_kib_s
                       for d in host.domains)
         assert host.now() <= limit_s + 0.1
-    except CannotFreeThisMuchMemory:
+    except CannotFree:
         # In between, drivers stopping within inaccuracy may fall short.
         assert not sure
         if impossible:

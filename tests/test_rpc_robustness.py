@@ -748,7 +748,7 @@ _FUZZ_DISPATCHER = Dispatcher(FakeService())
 def test_fuzz_dispatch_raises_only_memory_errors(method: str, params: list) -> None:
     try:
         _FUZZ_DISPATCHER.call(method, params)
-    except errors.MemoryError_ as e:
+    except errors.MemoryInterfaceError as e:
         xmlrpc.encode_failure(e.wire())  # and the error is always encodable
         jsonrpc.encode_failure(e.wire(), 1)
 

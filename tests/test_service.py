@@ -13,6 +13,7 @@ import pytest
 
 from squeezed.engine import EngineConfig
 from squeezed.engine import operations as ops
+from squeezed.engine.errors import CannotFree
 from squeezed.errors import CannotFreeThisMuchMemory, DomainsRefusedToCooperate, InternalError
 from squeezed.service import Dom0Policy, MemoryService
 from squeezed.sim.drivers import Ideal, Stuck
@@ -50,7 +51,7 @@ def test_cannot_free_amounts_are_net_of_the_reserve_unit(monkeypatch) -> None:
     svc, _ = make(0)
 
     def refuse(*a, **kw):
-        raise CannotFreeThisMuchMemory(5000, 3000)  # as the engine sees it: reserve included
+        raise CannotFree(5000, 3000)  # the engine's own error: reserve included
 
     monkeypatch.setattr(ops, "reserve", refuse)
     monkeypatch.setattr(ops, "free_memory_range", refuse)

@@ -100,10 +100,12 @@ def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     assert systemd.watchdog_interval_s(env) == expected
 
 
-def test_watchdog_from_environment() -> None:
-    assert systemd.Watchdog.from_environment(lambda: True, {}) is None
-    w = systemd.Watchdog.from_environment(lambda: True, {"WATCHDOG_USEC": "4000000"})
-    assert w is not None and w.period_s == 2.0
+def test_watchdog_period_is_half_the_interval() -> None:
+    # The daemon's use: watchdog_interval_s() then Watchdog(interval, healthy)
+    # (tests/test_daemon_watchdog.py runs it).
+    interval_s = systemd.watchdog_interval_s({"WATCHDOG_USEC": "4000000"})
+    assert interval_s == 4.0
+    assert systemd.Watchdog(interval_s, lambda: True).period_s == 2.0
     with pytest.raises(ValueError):
         systemd.Watchdog(0, lambda: True)
 

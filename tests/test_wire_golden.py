@@ -322,7 +322,7 @@ GOLDEN: list[Case] = [
 ]
 
 # (error raised by the service, its XML ErrorDescription, its JSON error)
-ERROR_GOLDEN: list[tuple[errors.MemoryError_, str, str]] = [
+ERROR_GOLDEN: list[tuple[errors.MemoryInterfaceError, str, str]] = [
     (
         errors.CannotFreeThisMuchMemory(1024, 512),
         "<value><array><data><value>Cannot_free_this_much_memory</value>"

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from squeezed import idl
-from squeezed.errors import MemoryError_
+from squeezed.errors import MemoryInterfaceError
 from squeezed.rpc.client import ConnectionFailed, NoReply, ProtocolError
 from squeezed.rpc.dispatch import TypeMismatch
 
 # What can go wrong reading the state: the caller reports it and goes on or stops.
-FETCH_ERRORS = (ConnectionFailed, ProtocolError, TypeMismatch, MemoryError_)
+FETCH_ERRORS = (ConnectionFailed, ProtocolError, TypeMismatch, MemoryInterfaceError)
 
 
 class Caller(Protocol):
@@ -44,6 +44,6 @@ def describe_error(e: BaseException, where: str) -> tuple[str, int]:
         return f"no reply from {where}: {e.reason}", 4
     if isinstance(e, ConnectionFailed):
         return f"cannot connect to {where}: {e.reason}. Is squeezed running?", 3
-    if isinstance(e, MemoryError_):
+    if isinstance(e, MemoryInterfaceError):
         return f"get_state failed: {e.name} ({e})", 1
     return f"unreadable reply from {where}: {e}", 1

@@ -1,15 +1,14 @@
 """Squeezing operations: the loop that drives a host towards a goal.
 
-The host comes in through `HostIO`, five calls: a snapshot, writing a
-balloon target, writing maxmem, the clock and waiting. Production passes the
-Xen backend with the wall clock; tests and the simulator pass a simulated
-host with a virtual clock, so every decision is deterministic.
+The host comes in through `HostIO` (`squeezed.engine.io`), five calls: a
+snapshot, writing a balloon target, writing maxmem, the clock and waiting.
+Production passes the Xen backend with the wall clock; tests and the
+simulator pass a simulated host with a virtual clock, so every decision is
+deterministic. How long to wait between looks is `io.poll_delay_s`: adaptive,
+so freeing memory completes within a poll interval of the drivers' own speed.
 
-Beyond upstream, which sleeps 1 s per iteration, the loop polls adaptively:
-`min_poll_s` while memory is moving or targets were just written, backing
-off to `max_poll_s` when nothing moves, and never sleeping past the moment a
-driver would be declared stuck. Freeing memory therefore completes within a
-poll interval of the drivers' own speed.
+Failures are the engine's own exceptions (`squeezed.engine.errors`), with
+gross amounts; the service maps them to the interface's errors.
 """
 
 from __future__ import annotations
@@ -17,8 +16,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
+from squeezed.engine.errors import (
+    CannotFree,
+    DeadlineExceeded,
+    DomainsRefused,
+    EngineError,
+    HostFailed,
+    InvalidAmount,
+    OperationFailed,
+)
+from squeezed.engine.errors import OperationAbandoned as OperationAbandoned  # re-exported
+from squeezed.engine.io import HostIO as HostIO  # re-exported
+from squeezed.engine.io import begin_operation, poll_delay_s
 from squeezed.engine.model import Domain, Host
 from squeezed.engine.policy import proportional_targets
 from squeezed.engine.squeezer import (
@@ -27,13 +37,6 @@ from squeezed.engine.squeezer import (
     Squeezer,
     StucknessMonitor,
     Verdict,
-)
-from squeezed.errors import (
-    CannotFreeThisMuchMemory,
-    DomainsRefusedToCooperate,
-    InternalError,
-    InvalidMemoryValue,
-    MemoryError_,
 )
 
 log = logging.getLogger("squeezed.engine")
@@ -45,38 +48,6 @@ DEFAULT_UNCOOPERATIVE_AFTER_S = 20.0
 DEFAULT_OPERATION_TIMEOUT_S = 300.0
 
 
-class HostIO(Protocol):
-    """Everything the engine needs from the outside world.
-
-    A host may also offer ``begin_operation()`` (see `_begin`): called once
-    when an operation starts, it makes every later snapshot reflect every
-    change made to the host before the call (the Xen backend uses it to wait
-    for xenstore watch events already sent to it)."""
-
-    def snapshot(self) -> Host: ...
-
-    def set_target(self, domid: int, target_kib: int) -> None: ...
-
-    def set_maxmem(self, domid: int, maxmem_kib: int) -> None: ...
-
-    def now(self) -> float: ...
-
-    def wait(self, seconds: float) -> None:
-        """Let time pass; may raise OperationAbandoned to stop the operation."""
-        ...
-
-
-def _begin(io: HostIO) -> None:
-    # Optional, so that hosts without caches (simulators, benchmarks) need nothing.
-    begin = getattr(io, "begin_operation", None)
-    if begin is not None:
-        begin()
-
-
-class OperationAbandoned(Exception):
-    """Raised by HostIO.wait when the daemon is shutting down."""
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     reserve_kib: int = DEFAULT_RESERVE_KIB  # host free memory always kept back
@@ -86,7 +57,7 @@ class EngineConfig:
     min_poll_s: float = 0.02
     max_poll_s: float = 1.0
     two_phase: bool = True
-    # No operation runs longer than this: it fails with Internal_error (and
+    # No operation runs longer than this: it fails with DeadlineExceeded (and
     # gives back what it freed), so one bad guest cannot block every later one.
     operation_timeout_s: float = DEFAULT_OPERATION_TIMEOUT_S
 
@@ -140,15 +111,15 @@ def change_host_free_memory(
     at dynamic_min could not provide it. The fast path needs the aim too, so
     that a range reservation gets its proportional share, not just its min.
 
-    Errors carry upstream's arguments: Cannot_free_this_much_memory(aim, free
-    with every domain at dynamic_min), amounts including the kept reserve
-    (the service nets it out). When the operation fails after targets were
+    Errors carry upstream's arguments: CannotFree(aim, free with every domain
+    at dynamic_min), amounts including the kept reserve (the service nets it
+    out). When the operation fails (or the host does) after targets were
     lowered, what was freed is given back at once (`_give_back`). A caller's
     `stats` is filled in even when the operation raises.
     """
     stats = OpStats() if stats is None else stats
     if begin:
-        _begin(io)
+        begin_operation(io)
     start_s = io.now()
     host = io.snapshot()
     balloonable = [d for d in host.domains if d.can_balloon]
@@ -160,7 +131,7 @@ def change_host_free_memory(
     sq = Squeezer(StucknessMonitor(cfg.stuck_after_s), two_phase=cfg.two_phase)
     try:
         _squeeze(io, cfg, sq, host, aim_kib, success, stats, start_s)
-    except (MemoryError_, OSError) as e:
+    except (OperationFailed, HostFailed, OSError) as e:
         if give_back:
             _give_back(io, cfg, sq, e, stats)
         stats.elapsed_s = io.now() - start_s
@@ -186,7 +157,7 @@ def _fail_fast(host: Host, balloonable: list[Domain], aim_kib: int, need_kib: in
             need_kib, host.free_mem_kib, ceiling_kib,
         )
         # What upstream reports after ballooning everyone to dynamic_min.
-        raise CannotFreeThisMuchMemory(aim_kib, ceiling_kib)
+        raise CannotFree(aim_kib, ceiling_kib)
     flagged = [d for d in balloonable if d.uncooperative]
     cooperative_kib = ceiling([d for d in balloonable if not d.uncooperative])
     if flagged and cooperative_kib < need_kib:
@@ -195,7 +166,7 @@ def _fail_fast(host: Host, balloonable: list[Domain], aim_kib: int, need_kib: in
             "cannot free %d KiB without domains flagged uncooperative %s: at most %d KiB "
             "from the others", need_kib, blamed, cooperative_kib,
         )
-        raise DomainsRefusedToCooperate(blamed)
+        raise DomainsRefused(blamed)
 
 
 def _squeeze(
@@ -214,7 +185,7 @@ def _squeeze(
     while True:
         now_s = io.now()
         if now_s > deadline_s:
-            raise InternalError(
+            raise DeadlineExceeded(
                 f"operation timed out after {now_s - start_s:.1f} s (operation-timeout "
                 f"{cfg.operation_timeout_s:g} s) aiming at {aim_kib} KiB free; "
                 f"last seen {host.detail or f'F{host.free_mem_kib}'}"
@@ -227,15 +198,15 @@ def _squeeze(
             return
         if dec.verdict is Verdict.FAILED:
             if not dec.blamed or dec.blamed == (0,):
-                raise CannotFreeThisMuchMemory(aim_kib, host.free_mem_kib)
-            raise DomainsRefusedToCooperate(list(dec.blamed))
+                raise CannotFree(aim_kib, host.free_mem_kib)
+            raise DomainsRefused(list(dec.blamed))
         moved = any(previous.get(d.domid) != d.memory_actual_kib for d in host.domains)
         previous = {d.domid: d.memory_actual_kib for d in host.domains}
-        delay_s = cfg.min_poll_s if (dec.actions or moved) else min(delay_s * 2, cfg.max_poll_s)
-        stuck_at_s = sq.stuckness.next_deadline_s(host)
-        if stuck_at_s is not None:
-            delay_s = min(delay_s, max(0.0, stuck_at_s - now_s) + cfg.min_poll_s)
-        delay_s = min(delay_s, max(0.0, deadline_s - now_s) + cfg.min_poll_s)
+        delay_s = poll_delay_s(
+            delay_s, bool(dec.actions) or moved, now_s,
+            min_poll_s=cfg.min_poll_s, max_poll_s=cfg.max_poll_s,
+            stuck_at_s=sq.stuckness.next_deadline_s(host), deadline_s=deadline_s,
+        )
         io.wait(delay_s)
 
 
@@ -282,7 +253,7 @@ def _give_back(io: HostIO, cfg: EngineConfig, sq: Squeezer, why: BaseException,
             log.info("operation failed (%s): giving back memory to %d domain(s)",
                      why, len(dec.actions))
         _apply(io, host, dec, stats)
-    except (MemoryError_, OSError, OperationAbandoned) as e:
+    except (EngineError, OSError) as e:
         log.error("giving memory back after a failed operation failed: %s", e)
 
 
@@ -291,14 +262,14 @@ def free_memory(
 ) -> OpStats:
     """Make host free memory at least `kib` (the kept reserve not added)."""
     if kib < 0:
-        raise InvalidMemoryValue(kib)
+        raise InvalidAmount(kib)
     return change_host_free_memory(io, cfg, kib, lambda free: free >= kib, kib, stats=stats)
 
 
 def reserve(io: HostIO, cfg: EngineConfig, kib: int, stats: OpStats | None = None) -> OpStats:
     """Free `kib` on top of the kept reserve, for a new domain."""
     if kib < 0:
-        raise InvalidMemoryValue(kib)
+        raise InvalidAmount(kib)
     return free_memory(io, cfg, kib + cfg.reserve_kib, stats)
 
 
@@ -318,10 +289,10 @@ def free_memory_range(
     """Free between min and max (plus the kept reserve); returns the amount
     the caller may use: max(min, min(usable, max))."""
     if min_kib < 0:
-        raise InvalidMemoryValue(min_kib)
+        raise InvalidAmount(min_kib)
     if max_kib < min_kib:
-        raise InvalidMemoryValue(max_kib)
-    _begin(io)
+        raise InvalidAmount(max_kib)
+    begin_operation(io)
     ideal_kib = ideal_new_domain_kib(io.snapshot(), cfg, min_kib, max_kib)
     need_kib = min_kib + cfg.reserve_kib
     stats = change_host_free_memory(
@@ -339,25 +310,23 @@ def _is_balanced(cfg: EngineConfig) -> Callable[[int], bool]:
 def balance(io: HostIO, cfg: EngineConfig, stats: OpStats | None = None) -> OpStats | None:
     """Hand out everything above the kept reserve. Like upstream it does not
     fail because a driver is stuck or every domain is at dynamic_max; unlike
-    upstream it raises Internal_error when the host itself failed (a refused
-    write, the operation timeout)."""
+    upstream it raises when the host itself failed (HostFailed: a refused
+    write) or the operation ran out of time (DeadlineExceeded)."""
     try:
         return change_host_free_memory(io, cfg, cfg.reserve_kib, _is_balanced(cfg), need_kib=None,
                                        give_back=False, stats=stats)
-    except InternalError:
-        raise
-    except CannotFreeThisMuchMemory as e:
+    except CannotFree as e:
         # Every domain is at dynamic_max already: the rest stays free.
         log.debug("balance: every domain is at its dynamic_max; %d KiB stay free", e.free_kib)
         return None
-    except MemoryError_ as e:
+    except DomainsRefused as e:
         log.debug("balance ended early: %s", e)
         return None
 
 
 def is_unbalanced(io: HostIO, cfg: EngineConfig) -> bool:
     """Cheap check for the periodic balancer: would one step change a target?"""
-    _begin(io)
+    begin_operation(io)
     host = io.snapshot()
     dec = Squeezer(StucknessMonitor(cfg.stuck_after_s), two_phase=cfg.two_phase).step(
         host, cfg.reserve_kib, _is_balanced(cfg), io.now()

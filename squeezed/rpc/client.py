@@ -13,7 +13,7 @@ import select
 import socket
 from typing import Any
 
-from squeezed.errors import MemoryError_, from_wire
+from squeezed.errors import MemoryInterfaceError, from_wire
 from squeezed.rpc import CodecError, jsonrpc, xmlrpc
 
 DIALECTS = ("xmlrpc", "json")
@@ -182,5 +182,5 @@ class MemoryClient:
         status, value = self.call_raw(method, *params)
         if status == "Success":
             return value
-        err: MemoryError_ = from_wire(value)
+        err: MemoryInterfaceError = from_wire(value)
         raise err

@@ -4,7 +4,7 @@
 IDL type (untyped XML-RPC strings become int64 where the IDL says int64, as
 rpclib's unmarshaller does), calls the service method named by the IDL's
 operation, and marshals the result back to a wire value. Any failure raises a
-`squeezed.errors.MemoryError_`; a malformed request is an `Internal_error`
+`squeezed.errors.MemoryInterfaceError`; a malformed request is an `Internal_error`
 naming the method, the parameter and the value. Parameters beyond the IDL's
 (positional or named) are ignored, as rpclib's server ignores them.
 
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from squeezed import debuginfo, idl
-from squeezed.errors import InternalError, MemoryError_
+from squeezed.errors import InternalError, MemoryInterfaceError
 
 log = logging.getLogger("squeezed.rpc")
 
@@ -208,7 +208,7 @@ class Dispatcher:
     """Calls `service.<operation>(...)` for each IDL method.
 
     The service has one Python method per operation (see `operations()`), and
-    raises `MemoryError_` subclasses; any other exception is logged with its
+    raises `MemoryInterfaceError` subclasses; any other exception is logged with its
     traceback and becomes `Internal_error` carrying its message.
     """
 
@@ -273,7 +273,7 @@ class Dispatcher:
         return m, out
 
     def call(self, method: str, params: list[Any]) -> Any:
-        """Run one call; returns the wire result or raises MemoryError_."""
+        """Run one call; returns the wire result or raises MemoryInterfaceError."""
         return self.call_undoable(method, params)[0]
 
     def call_undoable(
@@ -281,7 +281,7 @@ class Dispatcher:
     ) -> tuple[Any, Callable[[], None] | None]:
         """Run one call; returns the wire result and, for a call that created
         a reservation, a function that deletes it again (for a transport that
-        finds it cannot deliver the reply). Raises MemoryError_."""
+        finds it cannot deliver the reply). Raises MemoryInterfaceError."""
         m, args = self.bind(method, params)
         by_name = dict(zip(m.param_names, args, strict=True))
         sargs = [a.value if isinstance(a, idl.Const) else by_name[a] for a in m.args]
@@ -293,7 +293,7 @@ class Dispatcher:
             log.debug("%s %s", method, debuginfo.escape(_short(args)))
             try:
                 result = fn(*sargs)
-            except MemoryError_:
+            except MemoryInterfaceError:
                 raise
             except Exception as e:  # noqa: BLE001 - the wire must get an answer
                 log.exception("%s failed with an unexpected exception", method)

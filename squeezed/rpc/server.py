@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from squeezed.errors import InternalError, MemoryError_
+from squeezed.errors import InternalError, MemoryInterfaceError
 from squeezed.rpc import CodecError, jsonrpc, xmlrpc
 from squeezed.rpc.dispatch import Dispatcher
 from squeezed.supervisor import Heartbeats
@@ -100,7 +100,7 @@ class _XmlCodec:
         try:
             result, undo = self.dispatcher.call_undoable(method, params)
             return xmlrpc.encode_success(result), undo
-        except MemoryError_ as e:
+        except MemoryInterfaceError as e:
             log.debug("%s -> %s", method, e.wire())
             try:
                 return xmlrpc.encode_failure(e.wire()), None
@@ -134,7 +134,7 @@ class _JsonCodec:
         try:
             result, undo = self.dispatcher.call_undoable(method, params)
             return jsonrpc.encode_success(result, rid), undo
-        except MemoryError_ as e:
+        except MemoryInterfaceError as e:
             log.debug("%s -> %s", method, e.wire())
             try:
                 return jsonrpc.encode_failure(e.wire(), rid), None

@@ -30,7 +30,8 @@ _INT_RE = re.compile(r"[+-]?[0-9]{1,40}")
 
 # rpclib escapes & < > " and drops C0 controls other than tab, LF and CR
 # (XML 1.0 cannot carry them); everything else is copied through as UTF-8.
-_ESCAPE = {ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord('"'): "&quot;"}
+_ESCAPE: dict[int, str | None] = {
+    ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord('"'): "&quot;"}
 _ESCAPE.update({c: None for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)})
 
 

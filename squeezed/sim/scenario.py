@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from squeezed.backend import Reservation
+from squeezed.engine.errors import EngineError
 from squeezed.engine.model import Host
 from squeezed.engine.operations import (
     EngineConfig,
@@ -57,7 +58,8 @@ from squeezed.engine.operations import (
     free_memory_range,
     reserve,
 )
-from squeezed.errors import ALL_ERRORS, MemoryError_
+from squeezed.errors import ALL_ERRORS, MemoryInterfaceError
+from squeezed.service import wire_error
 from squeezed.sim.drivers import DRIVER_KINDS, Driver, Stuck, driver_params, make_driver
 from squeezed.sim.virtual import DEFAULT_TICK_S, Clock, SimDomain, SimulatedHost, SimulationTimeout
 
@@ -496,10 +498,11 @@ def run(
                 stats, amount = _engine_op(io, cfg, step, i)
             else:
                 _control_op(host, step)
-        except MemoryError_ as e:
-            outcome, detail = e.name, e.args_wire()
         except SimulationTimeout as e:
             outcome, detail = TIMED_OUT, str(e)
+        except (MemoryInterfaceError, EngineError) as e:
+            w = wire_error(e, 0) if isinstance(e, EngineError) else e  # the engine's gross amounts
+            outcome, detail = w.name, w.args_wire()
         finally:
             host.deadline_s = None
         snap = host.snapshot()

@@ -510,9 +510,9 @@ class XenstoreCore:
             path_s, offset_s = self._args(pkt, 2)[:2]
             path = self.canonical(path_s, conn.domid)
             children = tree.directory(path)
-            node = tree.lookup(path)
-            assert node is not None
-            return self._directory_part(node.gen, children, int(offset_s))
+            listed = tree.lookup(path)
+            assert listed is not None
+            return self._directory_part(listed.gen, children, int(offset_s))
         if op == Op.GET_PERMS:
             return join_strings(tree.get_perms(path_arg()))
         if op == Op.WRITE:

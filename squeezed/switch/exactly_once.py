@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 from squeezed.backend import Reservation
-from squeezed.errors import MemoryError_, from_wire
+from squeezed.errors import MemoryInterfaceError, from_wire
 
 log = logging.getLogger("squeezed.switch")
 
@@ -243,7 +243,7 @@ class ExactlyOnce:
              = None) -> T:
         try:
             value = fn()
-        except MemoryError_ as e:
+        except MemoryInterfaceError as e:
             self._save_done(key, op, reservation, outcome="error", error=e.wire())
             raise
         if result_reservation is not None:

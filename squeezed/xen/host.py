@@ -17,124 +17,42 @@ import dataclasses
 import errno
 import functools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from squeezed.backend import Reservation
+from squeezed.engine.errors import HostFailed, OperationAbandoned
 from squeezed.engine.model import Domain, Host
-from squeezed.engine.operations import OperationAbandoned
 from squeezed.errors import InternalError
+from squeezed.xen.calibration import measure_offset_kib, store_offset_once
+from squeezed.xen.cooperation import CooperationTracker
+from squeezed.xen.protocols import WatcherLike, XenCtrlLike, XenstoreLike
+from squeezed.xen.reservations import STATE_PATH as STATE_PATH
+from squeezed.xen.reservations import ReservationTable
+from squeezed.xen.values import DOMAIN_KEYS as DOMAIN_KEYS
+from squeezed.xen.values import PAGE_KIB as PAGE_KIB
+from squeezed.xen.values import InvalidValue, checked, domain_path, parse_int, xen_overhead_kib
 from squeezed.xen.xenctrl import DomainInfo, PhysInfo, XenCtrlError
-from squeezed.xen.xenstore import Transaction, WatchEvent, XenstoreError
+from squeezed.xen.xenstore import Transaction, XenstoreError
 
 log = logging.getLogger("squeezed.xen.host")
-T = TypeVar("T")
 
 
-class XenCtrlLike(Protocol):
-    """What XenHost uses of libxenctrl (squeezed.xen.xenctrl.XenCtrl)."""
-
-    def physinfo(self) -> PhysInfo: ...
-
-    def domain_list(self) -> list[DomainInfo]: ...
-
-    def set_maxmem_kib(self, domid: int, kib: int) -> None: ...
-
-    def shadow_allocation_mib(self, domid: int) -> int: ...
+class XenHostError(InternalError, HostFailed):
+    """The Xen host failed (xenstore or a hypercall refused, the watcher dead):
+    for the engine a HostFailed (the operation gives back what it freed), for
+    the service's own calls (transfer, the reservation table) Internal_error
+    on the wire, with this message."""
 
 
-class XenstoreLike(Protocol):
-    """What XenHost uses of the xenstore request connection (XenstoreClient)."""
-
-    def read(self, path: str) -> str | None: ...
-
-    def write(self, path: str, value: str) -> None: ...
-
-    def mkdir(self, path: str) -> None: ...
-
-    def rm(self, path: str) -> None: ...
-
-    def directory(self, path: str) -> list[str]: ...
-
-    def transaction(self, fn: Callable[[Transaction], T], max_retries: int = 16) -> T: ...
-
-
-class WatcherLike(Protocol):
-    """What XenHost uses of the watch connection (squeezed.xen.xenstore.Watcher)."""
-
-    drained_seq: int
-
-    def watch(self, path: str, token: str) -> None: ...
-
-    def unwatch(self, path: str, token: str) -> None: ...
-
-    def events(self, timeout_s: float | None = None) -> list[WatchEvent]: ...
-
-    def barrier(self, timeout_s: float = 5.0) -> int: ...
-
-    def alive(self) -> bool: ...
-
-PAGE_KIB = 4
-STATE_PATH = "/squeezed/state"
-DOMAIN_KEYS = (
-    "domain-type",
-    "memory/initial-reservation",
-    "memory/target",
-    "memory/memory-offset",
-    "memory/uncooperative",
-    "memory/dynamic-min",
-    "memory/dynamic-max",
-    "control/feature-balloon",
-    "data/updated",
-    "name",  # for operators only (squeezectl top)
-)
 INTRODUCE_TOKEN = "squeezed:introduce"
 RELEASE_TOKEN = "squeezed:release"
 MAX_SCRUB_WAIT_S = 30.0
 SCRUB_WAIT_PAGES = 1024  # upstream waits while the scrubber has this many pages or more
 BARRIER_TIMEOUT_S = 5.0  # how long an operation waits for the watcher to catch up
-INT64_MAX = 2**63 - 1
-
-
-def xen_overhead_kib(domain_type: str) -> int:
-    """What Xen adds to maxmem beyond the guest's own memory."""
-    return 0 if domain_type == "pv" else 1024
-
-
-def domain_path(domid: int) -> str:
-    return f"/local/domain/{domid}"
-
-
-_DECIMAL = re.compile(r"-?[0-9]{1,20}")
-
-
-def _int(value: str | None) -> int | None:
-    """A decimal integer as xenstore holds it; None if absent or not one
-    (Python's int() would also take "1_000", " 7" or "+7")."""
-    if value is None or not _DECIMAL.fullmatch(value):
-        return None
-    return int(value)
-
-
-class _Invalid(Exception):
-    """A domain's memory keys hold values no arithmetic should see."""
-
-
-def _checked(keys: dict[str, str | None], key: str, lo: int, hi: int) -> int | None:
-    """The key's value if absent (None) or an integer in [lo, hi]; else _Invalid."""
-    raw = keys.get(key)
-    if raw is None:
-        return None
-    v = _int(raw)
-    if v is None:
-        raise _Invalid(f"{key} = {raw[:40]!r} is not an integer")
-    if not lo <= v <= hi:
-        raise _Invalid(f"{key} = {v} is outside [{lo}, {hi}]")
-    return v
 
 
 @dataclass
@@ -160,7 +78,7 @@ def _xenstore_failures(fn: F) -> F:
                 # caller's answer is "shutting down", not a xenstore fault.
                 raise OperationAbandoned() from e
             log.error("%s: xenstore failed: %s", fn.__name__, e)
-            raise InternalError(f"xenstore failed ({fn.__name__}): {e}") from e
+            raise XenHostError(f"xenstore failed ({fn.__name__}): {e}") from e
     return wrapper  # type: ignore[return-value]
 
 
@@ -189,8 +107,8 @@ class XenHost:
         self._cache: dict[int, _Cached] = {}
         self._types: dict[int, str] = {}  # domain-type as last resolved
         self._watching = False  # True while a watcher keeps the cache fresh
-        self._last_cooperative_s: dict[int, float] = {}
-        self._uncooperative: set[int] = set()
+        self._cooperation = CooperationTracker()  # under _lock
+        self._table = ReservationTable(xs)
         self._last_reserved_kib = 0
         self._last_phys = (0, 0, 0)
         self._tot_kib: dict[int, int] = {}  # each domain's allocation at the last reading
@@ -198,7 +116,6 @@ class XenHost:
         # Values left out of the arithmetic, each logged once: domid -> why,
         # and reservation path -> why.
         self._invalid: dict[int, str] = {}
-        self._bad_reservations: dict[str, str] = {}
         # The watcher's progress, for begin_operation's barrier.
         self._watcher: WatcherLike | None = None
         self._sync = threading.Condition()
@@ -272,9 +189,7 @@ class XenHost:
                 del self._cache[domid]
                 self._types.pop(domid, None)
                 self._views.pop(domid, None)
-            for domid in [d for d in self._last_cooperative_s if d not in live]:
-                self._last_cooperative_s.pop(domid, None)
-                self._uncooperative.discard(domid)
+            self._cooperation.forget(live)
             for domid in [d for d in self._invalid if d not in live]:
                 del self._invalid[domid]
 
@@ -323,7 +238,7 @@ class XenHost:
                 if beat is not None:
                     beat()
                 if not watcher.alive():
-                    raise InternalError("the xenstore watcher's reader thread died")
+                    raise XenHostError("the xenstore watcher's reader thread died")
                 events = watcher.events(0.5)
                 seq = watcher.drained_seq
                 dirty: set[int] = set()
@@ -459,7 +374,7 @@ class XenHost:
 
     def _with_flags(self, host: Host) -> Host:
         with self._lock:
-            flagged = set(self._uncooperative)
+            flagged = set(self._cooperation.uncooperative)
         if not flagged:
             return host
         return dataclasses.replace(host, domains=tuple(
@@ -494,7 +409,7 @@ class XenHost:
                 continue
             try:
                 d, unaccounted_kib = self._domain(di, calibrate, total_kib)
-            except _Invalid as e:
+            except InvalidValue as e:
                 self._flag_invalid(di.domid, str(e))
                 left_alone.add(di.domid)
                 continue
@@ -507,7 +422,7 @@ class XenHost:
             phys = phys_before
         free_kib = phys.free_pages * PAGE_KIB
         scrub_kib = phys.scrub_pages * PAGE_KIB
-        for r in self._reservations(total_kib):
+        for r in self._table.read(total_kib):
             # A reservation transferred to a domain left alone for bad values
             # cannot count through that domain: it counts here instead.
             if (r.in_transfer_domid is None or r.in_transfer_domid not in all_domids
@@ -542,7 +457,7 @@ class XenHost:
     def _domain(self, di: DomainInfo, calibrate: bool, total_kib: int) -> tuple[Domain | None, int]:
         """The engine's view of one domain and the part of its initial
         reservation not allocated yet; (None, 0) for a domain upstream skips.
-        Raises _Invalid for values outside what the host could hold."""
+        Raises InvalidValue for values outside what the host could hold."""
         with self._lock:
             c = self._cache.get(di.domid)
             memo = None
@@ -575,7 +490,7 @@ class XenHost:
             # Pinned until it boots; the part of its initial reservation not
             # yet allocated (shadow memory aside) stays reserved.
             # Read fresh, not from the cache: a transfer may have just written it.
-            initial_kib = _checked(
+            initial_kib = checked(
                 {"memory/initial-reservation":
                  self.xs.read(f"{domain_path(di.domid)}/memory/initial-reservation")},
                 "memory/initial-reservation", 0, total_kib)
@@ -592,26 +507,26 @@ class XenHost:
             return Domain(
                 di.domid, False, pinned_kib, pinned_kib, pinned_kib, pinned_kib, pinned_kib
             ), unaccounted_kib
-        target_kib = _checked(keys, "memory/target", 0, total_kib)
+        target_kib = checked(keys, "memory/target", 0, total_kib)
         if target_kib is None:
             return None, 0
-        offset_kib = _checked(keys, "memory/memory-offset", -total_kib, total_kib)
+        offset_kib = checked(keys, "memory/memory-offset", -total_kib, total_kib)
         if offset_kib is None:
             if not calibrate:
                 return None, 0  # a query does not calibrate: the next operation will
             offset_kib = self._calibrate_offset(di.domid, target_kib)
             if offset_kib is None:
                 return None, 0
-        dmin_kib = _checked(keys, "memory/dynamic-min", 0, total_kib)
-        dmax_kib = _checked(keys, "memory/dynamic-max", 0, total_kib)
+        dmin_kib = checked(keys, "memory/dynamic-min", 0, total_kib)
+        dmax_kib = checked(keys, "memory/dynamic-max", 0, total_kib)
         if dmin_kib is None or dmax_kib is None:
             dmin_kib = dmax_kib = target_kib  # written separately; not both there yet
         elif dmin_kib > dmax_kib:
-            raise _Invalid(f"memory/dynamic-min = {dmin_kib} is above "
+            raise InvalidValue(f"memory/dynamic-min = {dmin_kib} is above "
                            f"memory/dynamic-max = {dmax_kib}")
         actual_kib = actual_raw_kib - offset_kib
         if not 0 <= actual_kib <= total_kib:
-            raise _Invalid(f"memory/memory-offset = {offset_kib} does not fit the domain's "
+            raise InvalidValue(f"memory/memory-offset = {offset_kib} does not fit the domain's "
                            f"allocation of {actual_raw_kib} KiB")
         maxmem_kib = max(0, maxmem_raw_kib - overhead_kib - offset_kib)
         if di.domid == 0:
@@ -632,26 +547,14 @@ class XenHost:
     def _calibrate_offset(self, domid: int, target_kib: int) -> int | None:
         """First sight of a booted domain: it is assumed not to be ballooning,
         so whatever separates its allocation from its target is constant."""
-        fresh = [di for di in self.xc.domain_list() if di.domid == domid]
-        if not fresh:
+        measured_kib = measure_offset_kib(self.xc, domid, target_kib)
+        if measured_kib is None:
             return None
-        measured_kib = fresh[0].tot_pages * PAGE_KIB - target_kib
-        base = domain_path(domid)
-
-        def txn(t: Transaction) -> int | None:
-            # Once only: if an offset is there already (our cache was stale), keep it.
-            if t.read(base) is None:
-                return None
-            stored = _int(t.read(f"{base}/memory/memory-offset"))
-            if stored is not None:
-                return stored
-            t.write(f"{base}/memory/memory-offset", str(measured_kib))
-            return measured_kib
-
         try:  # a domain destroyed meanwhile is seen inside (no directory): None
-            offset_kib = self.xs.transaction(txn)
+            offset_kib = store_offset_once(self.xs, domid, measured_kib)
         except XenstoreError as e:
-            raise self._write_failed(f"{base}/memory/memory-offset", str(measured_kib), e) from e
+            raise self._write_failed(f"{domain_path(domid)}/memory/memory-offset",
+                                     str(measured_kib), e) from e
         if offset_kib is not None:
             log.info("domain %d booted; memory-offset = %d KiB", domid, offset_kib)
             self._set_cached(domid, "memory/memory-offset", str(offset_kib))
@@ -659,33 +562,14 @@ class XenHost:
 
     def _update_cooperative(self, host: Host, all_domids: set[int]) -> None:
         now = self._clock()
-        mark: list[int] = []
-        clear: list[int] = []
+
+        def flagged_in_xenstore(domid: int) -> bool:  # called under _lock
+            c = self._cache.get(domid)
+            return c is not None and c.keys.get("memory/uncooperative") is not None
+
         with self._lock:
-            for d in host.domains:
-                if not d.can_balloon or d.hit_target:
-                    self._last_cooperative_s[d.domid] = now
-                elif d.domid not in self._last_cooperative_s:
-                    # First sight (also after a restart): trust xenstore's flag
-                    # until the domain reaches its target.
-                    c = self._cache.get(d.domid)
-                    if c is not None and c.keys.get("memory/uncooperative") is not None:
-                        self._uncooperative.add(d.domid)
-                        self._last_cooperative_s[d.domid] = float("-inf")
-                    else:
-                        self._last_cooperative_s[d.domid] = now
-            for domid, last in list(self._last_cooperative_s.items()):
-                if domid not in all_domids:
-                    self._last_cooperative_s.pop(domid, None)
-                    self._uncooperative.discard(domid)
-                    continue
-                bad = now - last > self.uncooperative_after_s
-                if bad and domid not in self._uncooperative:
-                    self._uncooperative.add(domid)
-                    mark.append(domid)
-                elif not bad and domid in self._uncooperative:
-                    self._uncooperative.discard(domid)
-                    clear.append(domid)
+            mark, clear = self._cooperation.update(
+                host, all_domids, now, self.uncooperative_after_s, flagged_in_xenstore)
         for domid in mark:
             log.warning("domain %d has missed its balloon target for over %.0f s: "
                         "marking it uncooperative", domid, self.uncooperative_after_s)
@@ -695,11 +579,11 @@ class XenHost:
             self._rm_domain_key(domid, "memory/uncooperative")
 
     @staticmethod
-    def _write_failed(what: str, value: str, e: Exception) -> InternalError:
+    def _write_failed(what: str, value: str, e: Exception) -> XenHostError:
         """A write squeezed cannot do (refused, quota, xenstored gone): never
         blamed on the guest, never taken as done."""
         log.error("xenstore write %s = %s failed: %s", what, value, e)
-        return InternalError(f"xenstore write {what} = {value} failed: {e}")
+        return XenHostError(f"xenstore write {what} = {value} failed: {e}")
 
     def _write_domain_key(self, domid: int, key: str, value: str) -> bool:
         """Write only if the domain still exists in xenstore: a write to a
@@ -735,7 +619,7 @@ class XenHost:
     def set_target(self, domid: int, target_kib: int) -> None:
         if target_kib < 0:
             log.error("refusing negative target %d for domain %d", target_kib, domid)
-            raise InternalError(f"refusing negative target {target_kib} KiB for domain {domid}")
+            raise XenHostError(f"refusing negative target {target_kib} KiB for domain {domid}")
         self._write_domain_key(domid, "memory/target", str(target_kib))
 
     def set_maxmem(self, domid: int, maxmem_kib: int) -> None:
@@ -747,7 +631,7 @@ class XenHost:
         if domid == 0 and not self.manage_domain_zero:
             return
         keys = self._keys(domid)
-        offset_kib = _int(keys.get("memory/memory-offset")) or 0
+        offset_kib = parse_int(keys.get("memory/memory-offset")) or 0
         with self._lock:
             dtype = self._types.get(domid)
             tot_kib = self._tot_kib.get(domid)
@@ -766,55 +650,26 @@ class XenHost:
                 log.info("domain %d was destroyed mid-operation: maxmem not set", domid)
                 return
             log.error("setting maxmem of domain %d to %d KiB failed: %s", domid, kib, e)
-            raise InternalError(f"setting maxmem of domain {domid} to {kib} KiB failed: {e}"
+            raise XenHostError(f"setting maxmem of domain {domid} to {kib} KiB failed: {e}"
                                 ) from e
         except ValueError as e:  # out of the hypercall's range
             log.error("setting maxmem of domain %d to %d KiB refused: %s", domid, kib, e)
-            raise InternalError(f"setting maxmem of domain {domid} to {kib} KiB: {e}") from e
+            raise XenHostError(f"setting maxmem of domain {domid} to {kib} KiB: {e}") from e
 
     # -- Backend: reservations -------------------------------------------------
 
     @_xenstore_failures
     def reservations(self) -> list[Reservation]:
         total_kib = self._last_phys[2] or self.xc.physinfo().total_pages * PAGE_KIB
-        return self._reservations(total_kib)
-
-    def _reservations(self, total_kib: int) -> list[Reservation]:
-        """The table, less entries whose amount is not a KiB count the host
-        could hold (negative, >= 2^63, not an integer, above the host's
-        total): such an entry is never counted, logged once and listed by
-        describe() under invalid_reservations."""
-        out: list[Reservation] = []
-        bad: dict[str, str] = {}
-        for session in self.xs.directory(STATE_PATH):
-            for rid in self.xs.directory(f"{STATE_PATH}/{session}"):
-                base = f"{STATE_PATH}/{session}/{rid}"
-                raw = self.xs.read(base)
-                if raw is None:
-                    continue  # deleted meanwhile
-                kib = _int(raw)
-                if kib is None or not 0 <= kib <= min(total_kib, INT64_MAX):
-                    bad[base] = f"amount {raw[:40]!r} is not a KiB count between 0 and " \
-                                f"the host's {total_kib} KiB"
-                    continue
-                domid = _int(self.xs.read(f"{base}/in-transfer"))
-                out.append(Reservation(session, rid, kib, domid))
-        with self._lock:
-            new = {p: why for p, why in bad.items() if self._bad_reservations.get(p) != why}
-            self._bad_reservations = bad
-        for path, why in sorted(new.items()):
-            log.warning("reservation %s ignored: %s", path, why)
-        return out
+        return self._table.read(total_kib)
 
     @_xenstore_failures
     def add_reservation(self, r: Reservation) -> None:
-        self.xs.write(f"{STATE_PATH}/{r.session}/{r.reservation_id}", str(r.kib))
+        self._table.add(r)
 
     @_xenstore_failures
     def remove_reservation(self, session: str, reservation_id: str) -> None:
-        self.xs.rm(f"{STATE_PATH}/{session}/{reservation_id}")
-        if not self.xs.directory(f"{STATE_PATH}/{session}"):
-            self.xs.rm(f"{STATE_PATH}/{session}")
+        self._table.remove(session, reservation_id)
 
     @_xenstore_failures
     def transfer_reservation(self, r: Reservation, domid: int) -> None:
@@ -824,7 +679,7 @@ class XenHost:
             # One transaction: never a moment where it is counted twice or not at all.
             t.write(f"{base}/memory/initial-reservation", str(r.kib))
             t.write(f"{base}/memory/reservation-id", r.reservation_id)
-            t.write(f"{STATE_PATH}/{r.session}/{r.reservation_id}/in-transfer", str(domid))
+            self._table.mark_in_transfer(t, r, domid)
 
         with self._accounting:
             self.xs.transaction(txn)
@@ -842,11 +697,11 @@ class XenHost:
     def describe(self) -> dict[str, Any]:
         free_kib, scrub_kib, total_kib = self._last_phys
         with self._lock:
-            uncooperative = sorted(self._uncooperative)
+            uncooperative = sorted(self._cooperation.uncooperative)
             invalid = dict(sorted(self._invalid.items()))
-            bad = dict(sorted(self._bad_reservations.items()))
             names = {domid: c.keys["name"] for domid, c in self._cache.items()
                      if c.keys.get("name")}
+        bad = self._table.invalid()
         return {
             "xen_free_kib": free_kib,
             "xen_scrub_kib": scrub_kib,
@@ -876,12 +731,12 @@ class XenHost:
     def dom0_total_bytes(self) -> int:
         dom0 = [di for di in self.xc.domain_list() if di.domid == 0]
         if not dom0:
-            raise InternalError("domain 0 is missing from the hypervisor's domain list")
+            raise XenHostError("domain 0 is missing from the hypervisor's domain list")
         return dom0[0].tot_pages * PAGE_KIB * 1024
 
     def dom0_dynamic_max_bytes(self) -> int | None:
         """Domain 0's published dynamic-max, if squeezed manages it."""
-        kib = _int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
+        kib = parse_int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
         return None if kib is None else kib * 1024
 
     def configure_domain_zero(self, dynamic_min_bytes: int, dynamic_max_bytes: int | None) -> None:
@@ -895,7 +750,7 @@ class XenHost:
         if dynamic_max_bytes is not None:
             dmax_kib = kib_of_bytes(dynamic_max_bytes)
         else:  # "auto": keep what an earlier run chose, else its allocation now
-            earlier_kib = _int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
+            earlier_kib = parse_int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
             total_kib = self.xc.physinfo().total_pages * PAGE_KIB
             if earlier_kib is not None and 0 < earlier_kib <= total_kib:
                 dmax_kib = earlier_kib

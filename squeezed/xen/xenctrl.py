@@ -164,7 +164,8 @@ CDEF = (
     """
 )
 
-ffi = cffi.FFI()
+# Any: cdata fields and the RTLD_* flags come from the cdef, which no stub can see.
+ffi: Any = cffi.FFI()
 ffi.cdef(CDEF)
 
 # Types whose layout the binding declares by hand; the ABI test compares the
@@ -322,9 +323,8 @@ def _format_message(fmt: Any, al: Any) -> str:
     # A va_list can be consumed only once and cannot be copied from here, so an
     # over-long message is truncated rather than re-formatted.
     n = _libc.vsnprintf(buf, _MESSAGE_BUF_BYTES, fmt, al)
-    if n < 0:
-        return ffi.string(fmt).decode(errors="replace")
-    return ffi.string(buf).decode(errors="replace")
+    raw: bytes = ffi.string(fmt if n < 0 else buf)
+    return raw.decode(errors="replace")
 
 
 def _vmessage(_logger: Any, level: int, errnoval: int, context: Any, fmt: Any, al: Any) -> None:

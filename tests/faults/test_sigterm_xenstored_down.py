@@ -43,8 +43,13 @@ def test_sigterm_with_xenstored_down_answers_the_caller(short_tmp, sim):
         assert wait_for(lambda: int(sim.xenstored.read("/local/domain/2/memory/target"))
                         < 1 * GIB)
         sim.xenstored.stop()
-        # The operation's next request finds xenstored gone and starts retrying.
-        assert wait_for(lambda: "was closed; reconnecting" in d.output())
+        # The operation's next request finds xenstored gone: the idle link is
+        # seen closed, or it breaks under a request in flight (which way
+        # depends on timing), and the client retries; or, for a request that
+        # cannot be retried, the caller already has its error.
+        assert wait_for(lambda: "was closed; reconnecting" in d.output()
+                        or "connection lost during" in d.output() or replies,
+                        timeout_s=30), d.output()[-3000:]
         d.signal(signal.SIGTERM)
         assert d.wait(30) == 0
         t.join(10)

@@ -1,0 +1,73 @@
+"""The engine's one interface to the world, and its wait policy.
+
+`HostIO` is all an operation may do to a host: take a snapshot, write a
+balloon target or maxmem, read the clock, wait. The Xen backend implements it
+over xenstore and libxenctrl with the wall clock; the simulators implement it
+in virtual time, so the same loop is tested deterministically.
+
+`poll_delay_s` is the wait policy, a pure function: the operation loop asks
+it how long to wait and then calls `HostIO.wait`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from squeezed.engine.model import Host
+
+
+class HostIO(Protocol):
+    """Everything the engine needs from the outside world.
+
+    A host that fails (a refused write, a host that cannot be read) raises
+    `squeezed.engine.errors.HostFailed` (or an OSError); `wait` raises
+    `OperationAbandoned` at shutdown.
+
+    A host may also offer ``begin_operation()`` (see `begin_operation`):
+    called once when an operation starts, it makes every later snapshot
+    reflect every change made to the host before the call (the Xen backend
+    uses it to wait for xenstore watch events already sent to it)."""
+
+    def snapshot(self) -> Host: ...
+
+    def set_target(self, domid: int, target_kib: int) -> None: ...
+
+    def set_maxmem(self, domid: int, maxmem_kib: int) -> None: ...
+
+    def now(self) -> float: ...
+
+    def wait(self, seconds: float) -> None:
+        """Let time pass; may raise OperationAbandoned to stop the operation."""
+        ...
+
+
+def begin_operation(io: HostIO) -> None:
+    """Call the host's optional ``begin_operation()``: optional, so that hosts
+    without caches (simulators, benchmarks) need nothing."""
+    begin = getattr(io, "begin_operation", None)
+    if begin is not None:
+        begin()
+
+
+def poll_delay_s(
+    previous_s: float,
+    busy: bool,
+    now_s: float,
+    *,
+    min_poll_s: float,
+    max_poll_s: float,
+    stuck_at_s: float | None,
+    deadline_s: float,
+) -> float:
+    """How long to wait before looking at the host again.
+
+    Upstream sleeps 1 s per iteration. Here: `min_poll_s` while the host is
+    `busy` (memory moved or targets were just written), doubling from
+    `previous_s` up to `max_poll_s` while nothing moves; never past the moment
+    a driver would be declared stuck (`stuck_at_s`) nor past the operation's
+    deadline, each plus one `min_poll_s` so that the next look falls just
+    after it."""
+    delay_s = min_poll_s if busy else min(previous_s * 2, max_poll_s)
+    if stuck_at_s is not None:
+        delay_s = min(delay_s, max(0.0, stuck_at_s - now_s) + min_poll_s)
+    return min(delay_s, max(0.0, deadline_s - now_s) + min_poll_s)

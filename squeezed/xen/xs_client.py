@@ -1,0 +1,262 @@
+"""The request connection to xenstored: requests matched to replies,
+transactions retried on conflict, lazy reconnection with back-off
+(docs/xenstore.md)."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from squeezed.xen.xs_link import (
+    REQ_ID_MASK,
+    Backoff,
+    Link,
+    XenstoreConnectionError,
+    XenstoreError,
+    connect,
+    default_socket_path,
+)
+from squeezed.xen.xs_ops import Ops, Transaction
+from squeezed.xen.xs_wire import (
+    Op,
+    Packet,
+    ProtocolError,
+    encode,
+    join_strings,
+    split_strings,
+)
+
+log = logging.getLogger("squeezed.xen.xenstore")
+T = TypeVar("T")
+
+_IDEMPOTENT = frozenset(
+    {
+        Op.READ,
+        Op.DIRECTORY,
+        Op.DIRECTORY_PART,
+        Op.GET_PERMS,
+        Op.GET_DOMAIN_PATH,
+        Op.IS_DOMAIN_INTRODUCED,
+    }
+)
+
+
+
+class XenstoreClient(Ops):
+    """Synchronous, thread-safe request connection to xenstored.
+
+    One lock serialises each request with its reply, matched by req_id; watch
+    events that arrive on this connection are passed to ``on_watch_event``
+    (dropped if None).  Connection happens lazily on the first request, retried
+    with back-off for up to ``reconnect_timeout_s`` (None: forever).
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        timeout_s: float | None = 30.0,
+        reconnect_timeout_s: float | None = 30.0,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        on_watch_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.path = path or default_socket_path()
+        self._timeout_s = timeout_s
+        self._reconnect_timeout_s = reconnect_timeout_s
+        self._closed = threading.Event()
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s, self._closed)
+        self._on_watch_event = on_watch_event
+        self._lock = threading.RLock()
+        self._link: Link | None = None
+        self._epoch = 0  # bumped at each (re)connection: transactions die with their link
+        self._req_ids = itertools.count(1)
+        self.reconnects = 0
+        # failed requests for metrics: error reply name (ENOENT, the normal
+        # answer for an absent key, is not counted) or "connection"
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    # lifecycle
+
+    def set_reconnect_timeout(self, seconds: float | None) -> None:
+        """How long a request keeps trying to (re)connect; 0 fails at once."""
+        self._reconnect_timeout_s = seconds
+
+    def connect(self) -> None:
+        """Connect now (normally done by the first request); raises if impossible."""
+        with self._lock:
+            self._ensure_link(None)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            self._drop()
+
+    def __enter__(self) -> XenstoreClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # requests
+
+    def get_domain_path(self, domid: int) -> str:
+        return split_strings(
+            self._request(Op.GET_DOMAIN_PATH, join_strings([str(domid)]), None).payload
+        )[0]
+
+    def transaction(self, fn: Callable[[Transaction], T], max_retries: int = 16) -> T:
+        """Run ``fn(t)`` in a transaction and commit it; return what ``fn`` returned.
+
+        ``fn`` runs again (so it must be safe to repeat), up to ``max_retries`` times,
+        when the commit meets EAGAIN (a conflicting change) and when the connection
+        is lost before the commit was sent: xenstored discards the transactions of
+        a closed connection, so nothing was applied.  Losing the connection while
+        the commit itself is in flight raises :class:`XenstoreConnectionError`
+        (outcome unknown).  If ``fn`` raises, the transaction is abandoned."""
+        last: XenstoreError | None = None
+        for _ in range(max_retries + 1):
+            try:
+                with self._lock:  # re-entrant: the epoch must be the one the start ran on
+                    reply = self._request(Op.TRANSACTION_START, b"\0", None)
+                    tx = Transaction(self, int(split_strings(reply.payload)[0]), self._epoch)
+            except XenstoreConnectionError as e:
+                if e.in_flight:  # a transaction may have started on a now-dead link
+                    last = e
+                    continue
+                raise
+            try:
+                result = fn(tx)
+            except XenstoreError as e:
+                self._end(tx, commit=False)
+                if e.errno_name == "EAGAIN" or isinstance(e, XenstoreConnectionError):
+                    last = e
+                    continue
+                raise
+            except BaseException:
+                self._end(tx, commit=False)
+                raise
+            try:
+                self._request(Op.TRANSACTION_END, b"T\0", None, tx_id=tx.tx_id, epoch=tx._epoch)
+            except XenstoreConnectionError as e:
+                if e.in_flight:
+                    raise
+                last = e  # never sent: the transaction died with its connection
+                continue
+            except XenstoreError as e:
+                if e.errno_name != "EAGAIN":
+                    raise
+                log.debug("xenstore transaction %d conflicted; retrying", tx.tx_id)
+                last = e
+                continue
+            return result
+        assert last is not None
+        raise last
+
+    def _end(self, tx: Transaction, commit: bool) -> None:
+        try:
+            self._request(
+                Op.TRANSACTION_END,
+                b"T\0" if commit else b"F\0",
+                None,
+                tx_id=tx.tx_id,
+                epoch=tx._epoch,
+            )
+        except XenstoreError:
+            pass  # abandoning: nothing useful to do if it is already gone
+
+    def _call(self, op: Op, payload: bytes, path: str | None) -> Packet:
+        return self._request(op, payload, path)
+
+    def _request(
+        self, op: Op, payload: bytes, path: str | None, *, tx_id: int = 0, epoch: int | None = None
+    ) -> Packet:
+        with self._lock:
+            retry = op in _IDEMPOTENT and tx_id == 0
+            while True:
+                link = self._ensure_link(path)
+                if epoch is not None and epoch != self._epoch:
+                    # The transaction lived on a connection that has since been replaced.
+                    raise XenstoreConnectionError(path, "transaction lost with its connection")
+                req_id = next(self._req_ids) & REQ_ID_MASK
+                try:
+                    link.sock.sendall(encode(op, req_id, tx_id, payload))
+                    reply = self._await_reply(link, req_id)
+                except (OSError, ProtocolError) as e:
+                    self.errors["connection"] += 1
+                    self._drop()
+                    if retry:
+                        retry = False
+                        log.info("xenstore connection lost during %s %s; retrying", op.name, path)
+                        continue
+                    raise XenstoreConnectionError(path, f"{op.name}: {e}", in_flight=True) from e
+                name = reply.error_name()
+                if name is not None:
+                    if name != "ENOENT":
+                        self.errors[name] += 1
+                    raise XenstoreError(name, path)
+                return reply
+
+    def _await_reply(self, link: Link, req_id: int) -> Packet:
+        while True:
+            pkt = link.recv()
+            if pkt.type == Op.WATCH_EVENT:
+                self._route_event(pkt)
+            elif pkt.req_id == req_id:
+                return pkt
+            else:
+                log.warning("xenstore: dropping reply to unknown req_id %d", pkt.req_id)
+
+    def _route_event(self, pkt: Packet) -> None:
+        parts = split_strings(pkt.payload)
+        if self._on_watch_event is not None and len(parts) >= 2:
+            self._on_watch_event(parts[0], parts[1])
+
+    def _ensure_link(self, path: str | None) -> Link:
+        # Caller holds the lock.
+        link = self._link
+        if link is not None:
+            if link.poll_alive():
+                # Unsolicited packets read while polling can only be watch events.
+                while link.backlog:
+                    pkt = link.backlog.popleft()
+                    if pkt.type == Op.WATCH_EVENT:
+                        self._route_event(pkt)
+                return link
+            log.info("xenstore connection to %s was closed; reconnecting", self.path)
+            self._drop()
+        if self._closed.is_set():
+            raise XenstoreConnectionError(path, "client closed")
+        deadline = (
+            None
+            if self._reconnect_timeout_s is None
+            else time.monotonic() + self._reconnect_timeout_s
+        )
+        self._backoff.reset()
+        while True:
+            try:
+                sock = connect(self.path, self._timeout_s)
+                break
+            except OSError as e:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.errors["connection"] += 1
+                    detail = f"cannot connect to {self.path}: {e}"
+                    raise XenstoreConnectionError(path, detail) from e
+                log.debug("xenstore connect to %s failed (%s); backing off", self.path, e)
+                if not self._backoff.sleep():
+                    raise XenstoreConnectionError(path, "client closed") from e
+        if self._epoch:
+            self.reconnects += 1
+        self._epoch += 1
+        self._link = Link(sock)
+        return self._link
+
+    def _drop(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
