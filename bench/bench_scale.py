@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench_engine import cpu_model  # bench/ is sys.path[0] when run as a script
+
 from squeezed.engine import EngineConfig, free_memory
 from squeezed.engine.errors import CannotFree, DomainsRefused
 from squeezed.rpc.client import ConnectionFailed, MemoryClient
@@ -474,16 +476,6 @@ def pct(xs: list[float], p: int) -> float:
 
 
 # ---- report ----------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def us(s: float) -> str:

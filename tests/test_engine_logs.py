@@ -19,6 +19,7 @@ from squeezed.engine.model import Domain, Host
 from squeezed.engine.operations import EngineConfig
 from squeezed.sim.drivers import Ideal, Stuck
 from squeezed.sim.virtual import SimDomain, SimulatedHost
+from tests.test_engine_accounting import RecordingHost
 
 MIB = 1024
 ENGINE = "squeezed.engine"
@@ -194,18 +195,7 @@ def test_is_unbalanced_aims_at_the_reserve_within_tolerance() -> None:
 
 # ------------------------------------- writes, stats and limits exactly met
 
-class Writes(SimulatedHost):
-    def __init__(self, *a, **kw) -> None:
-        super().__init__(*a, **kw)
-        self.calls: list[tuple[str, int, int]] = []
-
-    def set_target(self, domid: int, kib: int) -> None:
-        self.calls.append(("target", domid, kib))
-        super().set_target(domid, kib)
-
-    def set_maxmem(self, domid: int, kib: int) -> None:
-        self.calls.append(("maxmem", domid, kib))
-        super().set_maxmem(domid, kib)
+Writes = RecordingHost  # target and maxmem writes, in order
 
 
 def test_every_newly_inactive_domain_is_capped() -> None:

@@ -442,7 +442,7 @@ class HttpReader:
         if len(lengths) > 1:
             raise SwitchProtocolError("conflicting Content-Length headers")
         n_text = lengths.pop() if lengths else "0"
-        if not n_text.isdigit():
+        if not (n_text.isascii() and n_text.isdigit()):
             raise SwitchProtocolError(f"bad Content-Length {n_text!r:.30}")
         n = int(n_text)
         if n > self.max_body:
@@ -458,6 +458,7 @@ class HttpReader:
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                 raise SwitchProtocolError(f"bad HTTP request line {start!r:.60}")
             return HttpRequest(parts[0], parts[1], tuple(headers), body)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        status_ok = parts[1].isascii() and parts[1].isdigit() if len(parts) >= 2 else False
+        if not status_ok or not parts[0].startswith("HTTP/1."):
             raise SwitchProtocolError(f"bad HTTP status line {start!r:.60}")
         return HttpResponse(int(parts[1]), tuple(headers), body)
