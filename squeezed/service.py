@@ -239,6 +239,9 @@ class MemoryService:
             raise err from None
         except Exception as e:
             if self._shutting_down:
+                # Answered as abandoned, but what broke is not hidden from the log.
+                log.warning("%s failed while shutting down: %s: %s", op, type(e).__name__, e,
+                            exc_info=True)
                 rec.outcome = "abandoned"
                 raise InternalError("squeezed is shutting down; operation abandoned") from None
             rec.outcome = f"failed: {type(e).__name__}"
