@@ -170,7 +170,7 @@ class Daemon:
         from squeezed.xen.xenstore import XenstoreClient
 
         lib = self.cfg.libxenctrl or None
-        xs_path = self.cfg.xenstored_socket_path()
+        xs_path = self.cfg.xenstored_socket or None  # None: the client's default
         if self.opts.simulate is not None:
             from squeezed.sim.launch import start_simulated_host
 
@@ -184,7 +184,7 @@ class Daemon:
             raise StartupError(str(e)) from None
         # Fail at once while xenstored is not there; retry every 5 s ourselves.
         xs = self.xs = XenstoreClient(xs_path, reconnect_timeout_s=0.0)
-        self.xs_path = xs_path
+        self.xs_path = xs.path
         self.host = XenHost(
             xc, xs, manage_domain_zero=self.cfg.manage_domain_zero,
             uncooperative_after_s=self.cfg.uncooperative_after_s,

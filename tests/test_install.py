@@ -24,7 +24,8 @@ INSTALLED = [
     "usr/share/man/man1/squeezectl.1",
     "usr/share/bash-completion/completions/squeezectl",
     "usr/lib/squeezed/squeezed/__init__.py",
-    "usr/lib/squeezed/squeezed/config.py",
+    "usr/lib/squeezed/squeezed/config/__init__.py",
+    "usr/lib/squeezed/squeezed/config/keys.py",
 ]
 
 
