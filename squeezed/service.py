@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from squeezed import __version__, debuginfo
 from squeezed.backend import Backend, Reservation
@@ -39,13 +39,13 @@ from squeezed.switch.exactly_once import new_reservation_id
 
 log = logging.getLogger("squeezed.service")
 
-DEFAULT_SESSION = "default"  # the session of the sessionless Memory.* dialect
 INT64_MAX = 2**63 - 1
 # xenstore's node-name rules (xenstored's valid characters), with a length
 # bound of our own: session and reservation ids become path components.
 _NODE_NAME = re.compile(r"[A-Za-z0-9_@-]{1,256}")
 # get_host_initial_free_memory waits this long for the boot-time measurement.
 INITIAL_FREE_WAIT_S = 120.0
+_R = TypeVar("_R")  # what an operation run under the squeezing lock gives back
 _DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib", "dynamic_max_kib",
                         "memory_actual_kib", "memory_max_kib", "name", "flags")
 # Backend facts (XenHost.describe) passed on in get_state's host struct when present.
@@ -200,7 +200,7 @@ class MemoryService:
 
     # -- helpers -----------------------------------------------------------
 
-    def _record(self, op: str, dbg: str, **args: Any) -> _OpRecord:
+    def _record(self, op: str, dbg: str, **args: object) -> _OpRecord:
         rec = _OpRecord(time.time(), op, debuginfo.show(dbg),
                         " ".join(f"{k}={debuginfo.escape(str(v))}" for k, v in args.items()))
         with self._history_lock:
@@ -213,7 +213,7 @@ class MemoryService:
         rec.elapsed_s = time.monotonic() - rec.started_mono
         self.stats.observe(rec.op, outcome, rec.elapsed_s)
 
-    def _squeeze(self, op: str, dbg: str, fn: Callable[[OpStats], Any], **args: Any) -> Any:
+    def _squeeze(self, op: str, dbg: str, fn: Callable[[OpStats], _R], **args: object) -> _R:
         rec = self._record(op, dbg, **args)
         t0 = time.monotonic()
         st = OpStats()
@@ -435,7 +435,7 @@ class MemoryService:
             raise InternalError("host initial free memory is not measured by this squeezed")
         return self.initial_free.get(INITIAL_FREE_WAIT_S)
 
-    def get_domain_zero_policy(self, dbg: str) -> tuple[str, Any]:
+    def get_domain_zero_policy(self, dbg: str) -> tuple[str, int | tuple[int, int]]:
         total_bytes = self.dom0_total_bytes() if self.dom0_total_bytes else None
         if self.dom0.manage:
             # "auto": domain 0's current total, as upstream answers
