@@ -53,8 +53,8 @@ def switch_server(service: MemoryService, xs: XenstoreLike,
                   heartbeats: Heartbeats) -> SwitchServer:
     """The queue's server (not yet running), answering through the same dispatcher
     and codec as json-socket, each request at most once (records in xenstore)."""
+    from squeezed.rpc.codec import JsonCodec
     from squeezed.rpc.dispatch import Dispatcher
-    from squeezed.rpc.server import _JsonCodec
     from squeezed.switch.exactly_once import ExactlyOnce, RecordStoreError, XenstoreRecords
     from squeezed.switch.server import SwitchServer
 
@@ -69,7 +69,7 @@ def switch_server(service: MemoryService, xs: XenstoreLike,
 
     once = ExactlyOnce(service, XenstoreRecords(xs), reservations,
                        hold=hold if hold_at else None)
-    codec = _JsonCodec(Dispatcher(once))
+    codec = JsonCodec(Dispatcher(once))
     last_prune_s = 0.0
 
     def prune() -> None:
