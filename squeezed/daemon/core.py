@@ -27,8 +27,9 @@ from squeezed.config import Config, ConfigError, Options, Provenance, apply_relo
 from squeezed.daemon import serving, workers
 from squeezed.daemon.errors import BadScenario, StartupError, StopDuringStartup
 from squeezed.engine.errors import OperationAbandoned
+from squeezed.initial_free import InitialFreeMemory
 from squeezed.logsetup import set_level
-from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService
+from squeezed.service import Dom0Policy, MemoryService
 from squeezed.supervisor import Supervisor
 
 if TYPE_CHECKING:  # imported when used: a production start never loads the simulator

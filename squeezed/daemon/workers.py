@@ -14,7 +14,7 @@ from squeezed import systemd
 from squeezed.config import Config
 from squeezed.engine.errors import DeadlineExceeded, HostFailed
 from squeezed.errors import InternalError
-from squeezed.service import InitialFreeMemory, measure_stable
+from squeezed.initial_free import InitialFreeMemory, measure_stable
 from squeezed.supervisor import Heartbeats
 
 if TYPE_CHECKING:
