@@ -36,11 +36,14 @@ class InitialFreeMemory:
     def set(self, value_bytes: int, persist: bool = True) -> None:
         """Record the measurement. A file that cannot be written (full or
         read-only file system) is logged once; the value is kept in memory
-        and answered all the same."""
+        and answered all the same. Recorded before it is answered, so that a
+        caller who has the value finds it in the file."""
+        if persist:
+            self._persist(value_bytes)
         self._bytes = value_bytes
         self._known.set()
-        if not persist:
-            return
+
+    def _persist(self, value_bytes: int) -> None:
         tmp = f"{self.path}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)

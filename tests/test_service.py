@@ -599,3 +599,21 @@ def test_failures_after_abandon_say_shutting_down(monkeypatch) -> None:
     monkeypatch.setattr(ops, "reserve", lambda *a, **kw: 1 / 0)
     with pytest.raises(InternalError, match="shutting down"):
         svc.reserve_memory("t", "s", 1)
+
+
+def test_initial_free_memory_is_recorded_before_it_is_answered(tmp_path, monkeypatch) -> None:
+    # A caller who has the value finds it in the file (tests/test_daemon.py reads both).
+    from squeezed.initial_free import InitialFreeMemory
+
+    initial = InitialFreeMemory(str(tmp_path / "boot_time_memory"))
+    persist = initial._persist
+    answered_while_writing = []
+
+    def spy(value_bytes: int) -> None:
+        answered_while_writing.append(initial.known)
+        persist(value_bytes)
+
+    monkeypatch.setattr(initial, "_persist", spy)
+    initial.set(5 << 30)
+    assert answered_while_writing == [False]
+    assert initial.get(0) == 5 << 30 == int((tmp_path / "boot_time_memory").read_text())

@@ -18,12 +18,13 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from squeezed import __version__, systemd
 from squeezed.config import Config, ConfigError, Options, Provenance, apply_reloadable, load
+from squeezed.config.keys import Value, with_values
 from squeezed.daemon import serving, workers
 from squeezed.daemon.errors import BadScenario, StartupError, StopDuringStartup
 from squeezed.engine.errors import OperationAbandoned
@@ -230,17 +231,17 @@ class Daemon:
         from squeezed.sim.scenario import load as load_scenario
 
         sc = load_scenario(self.opts.simulate)
-        changes: dict[str, Any] = {}
+        changes: dict[str, Value] = {}  # by key name
         if not self._explicit("host-reserved-kib"):
-            changes["host_reserved_kib"] = sc.host.reserved_kib
+            changes["host-reserved-kib"] = sc.host.reserved_kib
         if not self._explicit("balance-tolerance-kib"):
-            changes["balance_tolerance_kib"] = sc.host.tolerance_kib
-        for key, attr in (("stuck_after_s", "stuck_after_s"), ("min_poll_s", "poll_min_s"),
-                          ("max_poll_s", "poll_max_s"),
-                          ("uncooperative_after_s", "uncooperative_after_s")):
-            if key in sc.engine and not self._explicit(attr[:-2].replace("_", "-")):
-                changes[attr] = sc.engine[key]
-        self.cfg = replace(self.cfg, **changes)
+            changes["balance-tolerance-kib"] = sc.host.tolerance_kib
+        for engine_key, key in (("stuck_after_s", "stuck-after"), ("min_poll_s", "poll-min"),
+                                ("max_poll_s", "poll-max"),
+                                ("uncooperative_after_s", "uncooperative-after")):
+            if engine_key in sc.engine and not self._explicit(key):
+                changes[key] = sc.engine[engine_key]
+        self.cfg = with_values(self.cfg, changes)
 
     def run(self) -> int:
         if self.opts.simulate is None:
@@ -347,12 +348,12 @@ class Daemon:
 
     # -- signals ----------------------------------------------------------
 
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
         if not self.ready:
             raise StopDuringStartup()  # interrupts whatever start-up is doing
 
-    def request_reload(self, *_: Any) -> None:
+    def request_reload(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True
 
     def reload(self) -> None:
