@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from squeezed.config import values as v
-from squeezed.xen.xenstore import DEFAULT_SOCKET as DEFAULT_XENSTORED_SOCKET
+from squeezed.logsetup import DEFAULT_FACILITY
+from squeezed.xen.xs_link import DEFAULT_SOCKET as DEFAULT_XENSTORED_SOCKET
 
 if TYPE_CHECKING:
     from squeezed.engine.operations import EngineConfig
@@ -35,7 +36,7 @@ class Config:
     boot_time_memory_file: str = "/var/run/nonpersistent/xapi/boot_time_memory"
     pidfile: str = "/var/run/squeezed.pid"  # "" = write no pidfile
     log: str = "syslog"  # "syslog", "syslog:FACILITY" or "stderr"
-    log_facility: str = "local5"  # upstream's (squeezed.ml)
+    log_facility: str = DEFAULT_FACILITY  # upstream's, local5 (squeezed.ml)
     loglevel: str = "info"  # debug | info | warning | error
     socket: str = "/var/xapi/memory"
     json_socket: str = "/var/xapi/memory.json"
