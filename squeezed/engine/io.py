@@ -11,6 +11,7 @@ it how long to wait and then calls `HostIO.wait`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from squeezed.engine.model import Host
@@ -26,7 +27,12 @@ class HostIO(Protocol):
     A host may also offer ``begin_operation()`` (see `begin_operation`):
     called once when an operation starts, it makes every later snapshot
     reflect every change made to the host before the call (the Xen backend
-    uses it to wait for xenstore watch events already sent to it)."""
+    uses it to wait for xenstore watch events already sent to it).
+
+    And ``set_targets(targets: Mapping[int, int])`` (see `target_batch`):
+    several domains' targets in one call, as if `set_target` were called for
+    each (the Xen backend pipelines them: one round trip per phase, not four
+    per domain). The engine keeps each domain's maxmem ordering around it."""
 
     def snapshot(self) -> Host: ...
 
@@ -47,6 +53,13 @@ def begin_operation(io: HostIO) -> None:
     begin = getattr(io, "begin_operation", None)
     if begin is not None:
         begin()
+
+
+def target_batch(io: HostIO) -> Callable[[Mapping[int, int]], None] | None:
+    """The host's optional ``set_targets``, or None: optional, so that
+    simulators write one target at a time as before."""
+    batch: Callable[[Mapping[int, int]], None] | None = getattr(io, "set_targets", None)
+    return batch
 
 
 def poll_delay_s(

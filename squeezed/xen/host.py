@@ -19,7 +19,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ from squeezed.xen.cooperation import CooperationTracker
 from squeezed.xen.protocols import WatcherLike, XenCtrlLike, XenstoreLike
 from squeezed.xen.reservations import STATE_PATH as STATE_PATH
 from squeezed.xen.reservations import ReservationTable
+from squeezed.xen.target_writes import write_targets
 from squeezed.xen.values import DOMAIN_KEYS as DOMAIN_KEYS
 from squeezed.xen.values import PAGE_KIB as PAGE_KIB
 from squeezed.xen.values import InvalidValue, checked, domain_path, parse_int, xen_overhead_kib
@@ -128,8 +129,10 @@ class XenHost:
     # -- cache -------------------------------------------------------------
 
     def _read_keys(self, domid: int) -> dict[str, str | None]:
-        base = domain_path(domid)
-        return {k: self.xs.read(f"{base}/{k}") for k in DOMAIN_KEYS}
+        paths = [f"{domain_path(domid)}/{k}" for k in DOMAIN_KEYS]
+        read_many = getattr(self.xs, "read_many", None)  # pipelined: one round trip, not nine
+        values = read_many(paths) if read_many is not None else [self.xs.read(p) for p in paths]
+        return dict(zip(DOMAIN_KEYS, values, strict=True))
 
     def refresh_domain(self, domid: int) -> dict[str, str | None]:
         """Re-read a domain's keys into the cache. If we wrote one of them while
@@ -621,6 +624,17 @@ class XenHost:
             log.error("refusing negative target %d for domain %d", target_kib, domid)
             raise XenHostError(f"refusing negative target {target_kib} KiB for domain {domid}")
         self._write_domain_key(domid, "memory/target", str(target_kib))
+
+    def set_targets(self, targets: Mapping[int, int]) -> None:
+        """HostIO's optional batch: many targets, pipelined (`target_writes`)."""
+        try:
+            written = write_targets(self.xs, targets)
+        except (ValueError, XenstoreError) as e:
+            raise self._write_failed(f"memory/target of {len(targets)} domains",
+                                     "(batch)", e) from e
+        for domid, done in written.items():
+            if done:
+                self._set_cached(domid, "memory/target", str(targets[domid]))
 
     def set_maxmem(self, domid: int, maxmem_kib: int) -> None:
         """Set maxmem (in the engine's frame: offset and Xen's overhead are
