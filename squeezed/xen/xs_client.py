@@ -197,7 +197,7 @@ class XenstoreClient(Ops):
                     if not link.backlog and deadline is not None:
                         left = deadline - time.monotonic()
                         if left <= 0:
-                            raise TimeoutError(f"no reply within {limit_s:g} s")
+                            raise TimeoutError(f"timed out: no reply within {limit_s:g} s")
                         link.sock.settimeout(left)
                     event = pl.receive(link.recv())
                     if event is not None:
