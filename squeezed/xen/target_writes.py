@@ -8,10 +8,11 @@ one pipeline (`XenstoreClient.pipeline`): every start; then every read; then
 every write with its commit (an abort for a domain found gone).  So N writes
 cost three round-trip waits per `chunk` domains instead of 4·N.
 
-A commit that meets EAGAIN (a conflicting change) is run again for that domain
-alone, up to `max_retries` times; a gone domain is reported (False), as the
-single write reports it; any other failure raises `XenstoreError`, after
-abandoning the transactions still open.  A connection lost before the commits
+A commit that meets EAGAIN (a conflicting change), or a start refused with
+ENOSPC (xenstored's limit on open transactions), is run again for that domain
+alone, for at most `max_retries` rounds that settle nothing; a gone domain is
+reported (False), as the single write reports it; any other failure raises
+`XenstoreError`, after abandoning the transactions still open.  A connection lost before the commits
 were sent reruns the batch (xenstored drops a closed connection's
 transactions, so nothing was applied); lost while commits were in flight, the
 outcome is unknown and `XenstoreConnectionError` is raised.
@@ -34,7 +35,7 @@ from squeezed.xen.xs_wire import Op, Packet, join_strings, split_strings, write_
 
 log = logging.getLogger("squeezed.xen.host")
 
-DEFAULT_CHUNK = 256  # domains per batch: bounds the transactions open at once
+DEFAULT_CHUNK = 64  # domains per batch: bounds the transactions open at once
 DEFAULT_MAX_RETRIES = 16  # as XenstoreClient.transaction
 
 
@@ -114,50 +115,57 @@ class _Retry(Exception):
 def _batch(
     xs: Pipelining, key: str, values: Mapping[int, str], max_retries: int
 ) -> dict[int, bool]:
+    # A round that settles no domain counts against max_retries; one that
+    # settles some cannot repeat more often than there are domains.
     pending = dict(values)
     written: dict[int, bool] = {}
     last: XenstoreError | None = None
-    for _ in range(max_retries + 1):
-        if not pending:
-            return written
+    idle_rounds = 0
+    while pending:
         try:
-            done, conflicted = _round(xs, key, pending)
+            done, again = _round(xs, key, pending)
         except _Retry as r:
-            last = r.cause
-            continue
+            done, again = {}, r.cause
         written.update(done)
         for domid in done:
             del pending[domid]
-        if conflicted is not None:
-            log.debug("xenstore: %d of the batch's commits conflicted; retrying them",
-                      len(pending))
-            last = conflicted
-    if not pending:
-        return written
-    assert last is not None
-    raise last
+        if pending:
+            log.debug("xenstore: %d of the batch's writes to run again (%s)", len(pending), again)
+            last = again or last
+            idle_rounds = 0 if done else idle_rounds + 1
+            if idle_rounds > max_retries:
+                assert last is not None
+                raise last
+    return written
 
 
 def _round(
     xs: Pipelining, key: str, pending: Mapping[int, str]
 ) -> tuple[dict[int, bool], XenstoreError | None]:
     """One try at every pending domain: (domid -> written or gone for the
-    domains settled, the EAGAIN met by the others if any)."""
-    domids = list(pending)
-    bases = [domain_path(d) for d in domids]
-
-    # 1. every transaction starts
-    epoch, outcomes = xs.pipeline([Request(Op.TRANSACTION_START, b"\0", 0, b) for b in bases])
+    domains settled, why the others must run again if any)."""
+    # 1. every transaction starts (xenstored may limit how many are open:
+    # ENOSPC defers a domain to the next round)
+    starts = [Request(Op.TRANSACTION_START, b"\0", 0, domain_path(d)) for d in pending]
+    epoch, outcomes = xs.pipeline(starts)
     txs: dict[int, int] = {}
     failure: XenstoreError | None = None
-    for domid, o in zip(domids, outcomes, strict=True):
+    again: XenstoreError | None = None
+    for domid, o in zip(pending, outcomes, strict=True):
         if isinstance(o, Packet):
             txs[domid] = int(split_strings(o.payload)[0])
+        elif o.errno_name == "ENOSPC" and not isinstance(o, XenstoreConnectionError):
+            again = again or o
         elif failure is None:
             failure = o
     if failure is not None:
         _abandon(xs, epoch, txs.values())
         raise _Retry(failure) if isinstance(failure, XenstoreConnectionError) else failure
+    if not txs:
+        assert again is not None
+        raise _Retry(again)
+    domids = list(txs)
+    bases = [domain_path(d) for d in domids]
 
     # 2. does each domain's directory still exist?
     epoch, outcomes = xs.pipeline(
@@ -190,7 +198,6 @@ def _round(
                                 txs[domid], path))
     _, outcomes = xs.pipeline(requests, epoch=epoch)
     settled: dict[int, bool] = {}
-    conflicted: XenstoreError | None = None
     replies = iter(outcomes)
     for domid in domids:
         wrote = next(replies) if exists[domid] else None
@@ -206,14 +213,14 @@ def _round(
             if end.in_flight:
                 failure = failure or end  # committed or not: nobody can tell
             else:
-                conflicted = conflicted or end  # never sent: rerun
+                again = again or end  # never sent: rerun
         elif end.errno_name == "EAGAIN":
-            conflicted = conflicted or end
+            again = again or end
         else:
             failure = failure or end
     if failure is not None:
         raise failure
-    return settled, conflicted
+    return settled, again
 
 
 def _abandon(xs: Pipelining, epoch: int, tx_ids: Iterable[int]) -> None:
