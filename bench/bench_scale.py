@@ -369,6 +369,9 @@ def bench_daemon(n: int, settle_s: float, idle_s: float, calls: int, full: bool)
         with d.client() as c:
             sess = c.call("login", "bench", "bench-scale")
             lat, lat_delete = [], []
+            for _ in range(5):  # warm-up: connection, first calls
+                c.call("delete_reservation", "bench", sess,
+                       c.call("reserve_memory", "bench", sess, MIB))
             for _ in range(calls):
                 t0 = time.perf_counter()
                 rid = c.call("reserve_memory", "bench", sess, MIB)
@@ -595,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="do not write the docs page")
     p.add_argument("--only", nargs="*", default=None,
                    choices=["virtual", "sim_idle", "xenstored", "engine", "daemon", "storm"])
+    p.add_argument("--sizes", type=int, nargs="*", default=None,
+                   help="numbers of guests for the daemon section (default 100 500 1000)")
     args = p.parse_args(argv)
     want = set(args.only or ["virtual", "sim_idle", "xenstored", "engine", "daemon", "storm"])
     runs = 1 if args.quick else args.runs
@@ -611,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         res["daemon"] = [
             bench_daemon(n, 5.0 if args.quick else 15.0, 10.0 if args.quick else 30.0,
                          30 if args.quick else 100, full=n == 1000)
-            for n in ((100, 1000) if args.quick else (100, 500, 1000))
+            for n in (args.sizes or ((100, 1000) if args.quick else (100, 500, 1000)))
         ]
     if "storm" in want:
         res["storm"] = bench_boot_storm(500, 50)

@@ -17,7 +17,6 @@ hypercalls that would not change maxmem.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import logging
 import threading
@@ -27,33 +26,28 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from squeezed.backend import Reservation
-from squeezed.engine.errors import HostFailed, OperationAbandoned
+from squeezed.engine.errors import OperationAbandoned
 from squeezed.engine.model import Domain, Host
-from squeezed.errors import InternalError
-from squeezed.xen.calibration import measure_offset_kib, store_offset_once
-from squeezed.xen.cooperation import CooperationTracker
+from squeezed.xen.calibration import calibrate_offset
+from squeezed.xen.cooperation import CooperationTracker, write_flags
+from squeezed.xen.domain_zero import DomainZero
 from squeezed.xen.keycache import Cached, KeyCache
 from squeezed.xen.protocols import WatcherLike, XenCtrlLike, XenstoreLike
 from squeezed.xen.reservations import STATE_PATH as STATE_PATH
 from squeezed.xen.reservations import ReservationTable
 from squeezed.xen.values import DOMAIN_KEYS as DOMAIN_KEYS
 from squeezed.xen.values import PAGE_KIB as PAGE_KIB
-from squeezed.xen.values import InvalidValue, checked, domain_path, parse_int, xen_overhead_kib
+from squeezed.xen.values import InvalidValue, checked, domain_path
 from squeezed.xen.views import booted_view, domain_type, is_booted, reserved_kib, unbooted_view
 from squeezed.xen.watching import INTRODUCE_TOKEN as INTRODUCE_TOKEN
 from squeezed.xen.watching import RELEASE_TOKEN as RELEASE_TOKEN
 from squeezed.xen.watching import WatcherDied, WatchSync
+from squeezed.xen.writes import DomainWrites
+from squeezed.xen.writes import XenHostError as XenHostError
 from squeezed.xen.xenctrl import DomainInfo, PhysInfo, XenCtrlError
 from squeezed.xen.xenstore import Transaction, XenstoreError
 
 log = logging.getLogger("squeezed.xen.host")
-
-
-class XenHostError(InternalError, HostFailed):
-    """The Xen host failed (xenstore or a hypercall refused, the watcher dead):
-    for the engine a HostFailed (the operation gives back what it freed), for
-    the service's own calls (transfer, the reservation table) Internal_error
-    on the wire, with this message."""
 
 
 MAX_SCRUB_WAIT_S = 30.0
@@ -102,7 +96,6 @@ class XenHost:
         uncooperative_after_s: float = 20.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.xc = xc
         self.xs = xs
         self.manage_domain_zero = manage_domain_zero
         self.uncooperative_after_s = uncooperative_after_s
@@ -114,13 +107,12 @@ class XenHost:
         self._accounting = threading.RLock()
         self.cache = KeyCache(lambda domid: self._read_keys(domid), xs.read)
         self._watch = WatchSync(self.cache, xc, self.forget_gone)
-        self._types: dict[int, str] = {}  # domain-type as last resolved
+        self._writes = DomainWrites(xc, xs, self.cache, manage_domain_zero)
+        self.xc = xc
         self._cooperation = CooperationTracker()  # under _lock
         self._table = ReservationTable(xs)
         self._last_reserved_kib = 0
         self._last_phys = (0, 0, 0)
-        self._tot_kib: dict[int, int] = {}  # each domain's allocation at the last reading
-        self._maxmem_raw_kib: dict[int, int] = {}  # Xen's maxmem as last read or set
         self._dom0_maxmem_kib = 0  # domain 0's maxmem as Xen has it (engine frame)
         # Domains left out of the arithmetic for bad values, each logged once:
         # domid -> why.
@@ -130,6 +122,22 @@ class XenHost:
         # a thousand domains rebuilds none of them (issue 12).
         self._views: dict[int, tuple[tuple[Any, ...], Domain]] = {}
         self._quiet: _QuietMark | None = None
+
+    @property
+    def xc(self) -> XenCtrlLike:
+        return self._xc
+
+    @xc.setter
+    def xc(self, xc: XenCtrlLike) -> None:  # tests swap in a failing libxenctrl
+        self._xc = self._watch.xc = self._writes.xc = xc
+
+    @property
+    def _types(self) -> dict[int, str]:
+        return self._writes.types
+
+    @property
+    def _tot_kib(self) -> dict[int, int]:
+        return self._writes.tot_kib
 
     # -- cache (kept by watches) ------------------------------------------------
 
@@ -159,8 +167,9 @@ class XenHost:
 
     def forget_gone(self, live: set[int]) -> None:
         self.cache.forget(live)
+        self._writes.forget(live)
         with self._lock:
-            for table in (self._types, self._views, self._invalid, self._maxmem_raw_kib):
+            for table in (self._views, self._invalid):
                 for domid in [d for d in table if d not in live]:
                     del table[domid]
             self._cooperation.forget(live)
@@ -341,9 +350,7 @@ class XenHost:
         scrub_kib = phys.scrub_pages * PAGE_KIB
         reserved += reserved_kib(self._table.entries(), all_domids, set(left_alone))
         self._note_invalid(left_alone, all_domids)
-        with self._lock:
-            self._tot_kib = {di.domid: di.tot_pages * PAGE_KIB for di in infos}
-            self._maxmem_raw_kib = {di.domid: di.max_pages * PAGE_KIB for di in infos}
+        self._writes.seen(infos)
         self._last_reserved_kib = reserved
         self._last_phys = (free_kib, scrub_kib, phys.total_pages * PAGE_KIB)
         host = Host(
@@ -373,7 +380,7 @@ class XenHost:
         Raises InvalidValue for values outside what the host could hold."""
         keys = self._keys(di.domid)
         dtype = domain_type(keys, di.hvm)
-        with self._lock:
+        with self._writes.lock:
             self._types[di.domid] = dtype
         if not is_booted(keys):
             # Read fresh, not from the cache: a transfer may have just written it.
@@ -406,125 +413,28 @@ class XenHost:
         return d, 0
 
     def _calibrate_offset(self, domid: int, target_kib: int) -> int | None:
-        """First sight of a booted domain: it is assumed not to be ballooning,
-        so whatever separates its allocation from its target is constant."""
-        measured_kib = measure_offset_kib(self.xc, domid, target_kib)
-        if measured_kib is None:
-            return None
-        try:  # a domain destroyed meanwhile is seen inside (no directory): None
-            offset_kib = store_offset_once(self.xs, domid, measured_kib)
-        except XenstoreError as e:
-            raise self._write_failed(f"{domain_path(domid)}/memory/memory-offset",
-                                     str(measured_kib), e) from e
-        if offset_kib is not None:
-            log.info("domain %d booted; memory-offset = %d KiB", domid, offset_kib)
-            self._set_cached(domid, "memory/memory-offset", str(offset_kib))
-        return offset_kib
+        return calibrate_offset(self.xc, self.xs, self.cache, domid, target_kib)
+
+    def _flagged_in_xenstore(self, domid: int) -> bool:  # as last read; no I/O
+        c = self.cache.get(domid)
+        return c is not None and c.keys.get("memory/uncooperative") is not None
 
     def _update_cooperative(self, host: Host, all_domids: set[int]) -> None:
-        now = self._clock()
-
-        def flagged_in_xenstore(domid: int) -> bool:  # called under _lock
-            c = self.cache.entries.get(domid)
-            return c is not None and c.keys.get("memory/uncooperative") is not None
-
         with self._lock:
             mark, clear = self._cooperation.update(
-                host, all_domids, now, self.uncooperative_after_s, flagged_in_xenstore)
-        for domid in mark:
-            log.warning("domain %d has missed its balloon target for over %.0f s: "
-                        "marking it uncooperative", domid, self.uncooperative_after_s)
-            self._write_domain_key(domid, "memory/uncooperative", "")
-        for domid in clear:
-            log.info("domain %d cooperates again", domid)
-            self._rm_domain_key(domid, "memory/uncooperative")
+                host, all_domids, self._clock(), self.uncooperative_after_s,
+                self._flagged_in_xenstore)
+        write_flags(self._writes, mark, clear, self.uncooperative_after_s)
 
-    # -- writes ------------------------------------------------------------------
-
-    @staticmethod
-    def _write_failed(what: str, value: str, e: Exception) -> XenHostError:
-        """A write squeezed cannot do (refused, quota, xenstored gone): never
-        blamed on the guest, never taken as done."""
-        log.error("xenstore write %s = %s failed: %s", what, value, e)
-        return XenHostError(f"xenstore write {what} = {value} failed: {e}")
-
-    def _write_domain_key(self, domid: int, key: str, value: str) -> bool:
-        """Write only if the domain still exists in xenstore: a write to a
-        just-destroyed domain must not resurrect its directory. False if it
-        is gone (expected: logged at INFO); any other failure raises
-        Internal_error."""
-        base = domain_path(domid)
-
-        def txn(t: Transaction) -> bool:
-            if t.read(base) is None:
-                return False
-            t.write(f"{base}/{key}", value)
-            return True
-
-        try:
-            done = self.xs.transaction(txn)
-        except XenstoreError as e:
-            raise self._write_failed(f"{base}/{key}", value, e) from e
-        if done:
-            self._set_cached(domid, key, value)
-        else:
-            log.info("domain %d is gone: %s not written", domid, key)
-        return bool(done)
-
-    def _rm_domain_key(self, domid: int, key: str) -> None:
-        path = f"{domain_path(domid)}/{key}"
-        try:
-            self.xs.rm(path)  # an absent node (or domain) is not an error
-        except XenstoreError as e:
-            raise self._write_failed(path, "(removed)", e) from e
-        self._set_cached(domid, key, None)
+    # -- writes (xen/writes.py) ---------------------------------------------------
 
     def set_target(self, domid: int, target_kib: int) -> None:
-        if target_kib < 0:
-            log.error("refusing negative target %d for domain %d", target_kib, domid)
-            raise XenHostError(f"refusing negative target {target_kib} KiB for domain {domid}")
-        self._write_domain_key(domid, "memory/target", str(target_kib))
+        self._writes.set_target(domid, target_kib)
 
     def set_maxmem(self, domid: int, maxmem_kib: int) -> None:
-        """Set maxmem (in the engine's frame: offset and Xen's overhead are
-        added), never below the domain's allocation at the last reading: a
-        guest that has not yet freed what it was asked keeps what it has
-        rather than meet a ceiling under its feet. Domain 0's is changed only
-        when squeezed manages domain 0 (as upstream). No hypercall when Xen
-        has that maxmem already (as last read or set; as upstream)."""
-        if domid == 0 and not self.manage_domain_zero:
-            return
-        keys = self._keys(domid)
-        offset_kib = parse_int(keys.get("memory/memory-offset")) or 0
-        with self._lock:
-            dtype = self._types.get(domid)
-            tot_kib = self._tot_kib.get(domid)
-            had_kib = self._maxmem_raw_kib.get(domid)
-        if dtype is None or tot_kib is None:  # not seen by a snapshot yet (e.g. a transfer)
-            infos = [di for di in self.xc.domain_list() if di.domid == domid]
-            if not infos:
-                log.info("domain %d is gone: maxmem not set", domid)
-                return
-            dtype = dtype or domain_type(keys, infos[0].hvm)
-            tot_kib = infos[0].tot_pages * PAGE_KIB
-            had_kib = infos[0].max_pages * PAGE_KIB
-        kib = max(maxmem_kib + offset_kib + xen_overhead_kib(dtype), tot_kib)
-        if had_kib == kib - kib % PAGE_KIB:
-            return  # Xen keeps whole pages: this is what it has
-        try:
-            self.xc.set_maxmem_kib(domid, kib)
-        except XenCtrlError as e:
-            if e.errno == errno.ESRCH:
-                log.info("domain %d was destroyed mid-operation: maxmem not set", domid)
-                return
-            log.error("setting maxmem of domain %d to %d KiB failed: %s", domid, kib, e)
-            raise XenHostError(f"setting maxmem of domain {domid} to {kib} KiB failed: {e}"
-                                ) from e
-        except ValueError as e:  # out of the hypercall's range
-            log.error("setting maxmem of domain %d to %d KiB refused: %s", domid, kib, e)
-            raise XenHostError(f"setting maxmem of domain {domid} to {kib} KiB: {e}") from e
-        with self._lock:
-            self._maxmem_raw_kib[domid] = kib - kib % PAGE_KIB
+        """See `DomainWrites.set_maxmem`: never below the allocation, and no
+        hypercall when Xen has that maxmem already."""
+        self._writes.set_maxmem(domid, maxmem_kib)
 
     # -- Backend: reservations -------------------------------------------------
 
@@ -597,45 +507,16 @@ class XenHost:
             "hypercall_errors": dict(getattr(self.xc, "errors", {})),
         }
 
-    # -- start-up ----------------------------------------------------------------
+    # -- start-up (xen/domain_zero.py) ----------------------------------------------
 
     def boot_time_free_bytes(self) -> int:
-        """free + scrub + domain 0's allocation: the host's memory less Xen's
-        own, assuming domain 0 unballooned and no other domain started."""
-        phys = self.xc.physinfo()
-        dom0 = [di for di in self.xc.domain_list() if di.domid == 0]
-        dom0_pages = dom0[0].tot_pages if dom0 else 0
-        return (phys.free_pages + phys.scrub_pages + dom0_pages) * PAGE_KIB * 1024
+        return DomainZero(self.xc, self.xs, self._writes).boot_time_free_bytes()
 
     def dom0_total_bytes(self) -> int:
-        dom0 = [di for di in self.xc.domain_list() if di.domid == 0]
-        if not dom0:
-            raise XenHostError("domain 0 is missing from the hypervisor's domain list")
-        return dom0[0].tot_pages * PAGE_KIB * 1024
+        return DomainZero(self.xc, self.xs, self._writes).total_bytes()
 
     def dom0_dynamic_max_bytes(self) -> int | None:
-        """Domain 0's published dynamic-max, if squeezed manages it."""
-        kib = parse_int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
-        return None if kib is None else kib * 1024
+        return DomainZero(self.xc, self.xs, self._writes).dynamic_max_bytes()
 
     def configure_domain_zero(self, dynamic_min_bytes: int, dynamic_max_bytes: int | None) -> None:
-        """manage-domain-zero: publish dom0's policy so it balloons like a guest."""
-        self.xs.mkdir(domain_path(0))
-
-        def kib_of_bytes(b: int) -> int:
-            return -(-b // 1024)
-
-        self._write_domain_key(0, "memory/dynamic-min", str(kib_of_bytes(dynamic_min_bytes)))
-        if dynamic_max_bytes is not None:
-            dmax_kib = kib_of_bytes(dynamic_max_bytes)
-        else:  # "auto": keep what an earlier run chose, else its allocation now
-            earlier_kib = parse_int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
-            total_kib = self.xc.physinfo().total_pages * PAGE_KIB
-            if earlier_kib is not None and 0 < earlier_kib <= total_kib:
-                dmax_kib = earlier_kib
-            else:  # none yet, or not a value the host could hold
-                dmax_kib = self.dom0_total_bytes() // 1024
-        self._write_domain_key(0, "memory/dynamic-max", str(dmax_kib))
-        if self.xs.read(f"{domain_path(0)}/memory/target") is None:
-            self._write_domain_key(0, "memory/target", str(dmax_kib))
-        self._write_domain_key(0, "control/feature-balloon", "1")
+        DomainZero(self.xc, self.xs, self._writes).configure(dynamic_min_bytes, dynamic_max_bytes)
