@@ -38,7 +38,15 @@ from squeezed.xen.reservations import ReservationTable
 from squeezed.xen.values import DOMAIN_KEYS as DOMAIN_KEYS
 from squeezed.xen.values import PAGE_KIB as PAGE_KIB
 from squeezed.xen.values import InvalidValue, checked, domain_path
-from squeezed.xen.views import booted_view, domain_type, is_booted, reserved_kib, unbooted_view
+from squeezed.xen.views import (
+    Policy,
+    booted_view,
+    domain_type,
+    is_booted,
+    policy_of,
+    reserved_kib,
+    unbooted_view,
+)
 from squeezed.xen.watching import INTRODUCE_TOKEN as INTRODUCE_TOKEN
 from squeezed.xen.watching import RELEASE_TOKEN as RELEASE_TOKEN
 from squeezed.xen.watching import WatcherDied, WatchSync
@@ -122,6 +130,8 @@ class XenHost:
         # a thousand domains rebuilds none of them (issue 12).
         self._views: dict[int, tuple[tuple[Any, ...], Domain]] = {}
         self._quiet: _QuietMark | None = None
+        # A booted domain's keys as parsed, while they stay as they are.
+        self._policies: dict[int, tuple[tuple[int, int], Policy | None]] = {}
 
     @property
     def xc(self) -> XenCtrlLike:
@@ -169,7 +179,7 @@ class XenHost:
         self.cache.forget(live)
         self._writes.forget(live)
         with self._lock:
-            for table in (self._views, self._invalid):
+            for table in (self._views, self._invalid, self._policies):
                 for domid in [d for d in table if d not in live]:
                     del table[domid]
             self._cooperation.forget(live)
@@ -397,17 +407,27 @@ class XenHost:
                 except XenCtrlError as e:  # destroyed meanwhile, or no shadow pool
                     log.debug("shadow allocation of domain %d: %s", di.domid, e)
             return unbooted_view(di, dtype, initial_kib, shadow_kib)
-        target_kib = checked(keys, "memory/target", 0, total_kib)
-        if target_kib is None:
+        c = self.cache.get(di.domid)
+        memo = (c.version, total_kib) if c is not None and self.cache.watching else None
+        with self._lock:
+            seen = self._policies.get(di.domid)
+        if memo is not None and seen is not None and seen[0] == memo:
+            policy = seen[1]  # keys unchanged: parsed already
+        else:
+            policy = policy_of(keys, total_kib)
+            if memo is not None:
+                with self._lock:
+                    self._policies[di.domid] = (memo, policy)
+        if policy is None:
             return None, 0
-        offset_kib = checked(keys, "memory/memory-offset", -total_kib, total_kib)
+        offset_kib = policy.offset_kib
         if offset_kib is None:
             if not calibrate:
                 return None, 0  # a query does not calibrate: the next operation will
-            offset_kib = self._calibrate_offset(di.domid, target_kib)
+            offset_kib = self._calibrate_offset(di.domid, policy.target_kib)
             if offset_kib is None:
                 return None, 0
-        d, maxmem_kib = booted_view(di, keys, dtype, target_kib, offset_kib, total_kib)
+        d, maxmem_kib = booted_view(di, policy, dtype, offset_kib, total_kib)
         if di.domid == 0:
             self._dom0_maxmem_kib = maxmem_kib
         return d, 0
