@@ -27,7 +27,8 @@ class HostIO(Protocol):
     A host may also offer ``begin_operation()`` (see `begin_operation`):
     called once when an operation starts, it makes every later snapshot
     reflect every change made to the host before the call (the Xen backend
-    uses it to wait for xenstore watch events already sent to it).
+    uses it to wait for xenstore watch events already sent to it), and
+    ``quick_free_kib()`` (see `quick_free_kib`).
 
     And ``set_targets(targets: Mapping[int, int])`` (see `target_batch`):
     several domains' targets in one call, as if `set_target` were called for
@@ -60,6 +61,18 @@ def target_batch(io: HostIO) -> Callable[[Mapping[int, int]], None] | None:
     simulators write one target at a time as before."""
     batch: Callable[[Mapping[int, int]], None] | None = getattr(io, "set_targets", None)
     return batch
+
+
+def quick_free_kib(io: HostIO) -> int | None:
+    """The host's optional ``quick_free_kib()``: host free memory exactly as
+    ``snapshot()`` would count it, when the host knows, without reading every
+    domain, that every balloonable domain is at its target; else None (and
+    for hosts without it), and the operation takes a snapshot."""
+    quick = getattr(io, "quick_free_kib", None)
+    if quick is None:
+        return None
+    kib = quick()
+    return kib if isinstance(kib, int) else None
 
 
 def poll_delay_s(

@@ -28,7 +28,7 @@ from squeezed.engine.errors import (
 )
 from squeezed.engine.errors import OperationAbandoned as OperationAbandoned  # re-exported
 from squeezed.engine.io import HostIO as HostIO  # re-exported
-from squeezed.engine.io import begin_operation, poll_delay_s, target_batch
+from squeezed.engine.io import begin_operation, poll_delay_s, quick_free_kib, target_batch
 from squeezed.engine.model import Domain, Host
 from squeezed.engine.policy import proportional_targets
 from squeezed.engine.squeezer import (
@@ -144,11 +144,17 @@ def change_host_free_memory(
     if begin:
         begin_operation(io)
     start_s = io.now()
+    if need_kib is not None:
+        # Fast path: enough is free and nothing is moving. A host that knows
+        # so without reading every domain says so first (issue 12).
+        quick_kib = quick_free_kib(io)
+        if quick_kib is not None and quick_kib >= max(need_kib, aim_kib):
+            return stats
     host = io.snapshot()
     balloonable = [d for d in host.domains if d.can_balloon]
     if need_kib is not None:
         if host.free_mem_kib >= max(need_kib, aim_kib) and all(d.hit_target for d in balloonable):
-            return stats  # fast path: enough is free and nothing is moving
+            return stats
         _fail_fast(host, balloonable, aim_kib, need_kib)
 
     sq = Squeezer(StucknessMonitor(cfg.stuck_after_s), two_phase=cfg.two_phase)
