@@ -17,7 +17,7 @@ from squeezed.errors import InternalError
 from squeezed.xen.xenctrl import XenCtrlError
 from squeezed.xen.xenstore import XenstoreError
 from squeezed.xen.xs_wire import Op
-from tests.faults.xenenv import GIB, MIB, XenEnv
+from tests.faults.xenenv import GIB, XenEnv
 
 
 class _DenyingTransaction:
@@ -50,10 +50,11 @@ class DenyTargetWrites:
         """The batched writes (target_writes): refused without being sent."""
         denied = [r.op == Op.WRITE and (r.path or "").endswith("/memory/target")
                   for r in requests]
-        epoch, outs = self._c.pipeline([r for r, d in zip(requests, denied) if not d], **kw)
+        kept = [r for r, d in zip(requests, denied, strict=True) if not d]
+        epoch, outs = self._c.pipeline(kept, **kw)
         sent = iter(outs)
         return epoch, [XenstoreError("EACCES", r.path) if d else next(sent)
-                       for r, d in zip(requests, denied)]
+                       for r, d in zip(requests, denied, strict=True)]
 
 
 def maxmem_never_below_allocation(env: XenEnv) -> None:
