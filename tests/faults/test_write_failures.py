@@ -16,7 +16,7 @@ import pytest
 from squeezed.errors import InternalError
 from squeezed.xen.xenctrl import XenCtrlError
 from squeezed.xen.xenstore import XenstoreError
-from tests.faults.xenenv import GIB, MIB, XenEnv
+from tests.faults.xenenv import GIB, XenEnv
 
 
 class _DenyingTransaction:
