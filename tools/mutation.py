@@ -27,6 +27,7 @@ CHILDREN = os.environ.get("MUTATION_CHILDREN", "2")  # the machine has 2 shared 
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "engine": (["squeezed/engine/*.py"],
                ["tests/test_engine_properties.py", "tests/test_engine_accounting.py",
+                "tests/test_engine_batch.py",
                 "tests/test_engine_schedule.py", "tests/test_engine_logs.py",
                 "tests/test_cannot_free_arguments.py", "tests/test_policy.py",
                 "tests/test_sim_host.py", "tests/test_service.py"]),

@@ -28,7 +28,7 @@ from squeezed.engine.errors import (
 )
 from squeezed.engine.errors import OperationAbandoned as OperationAbandoned  # re-exported
 from squeezed.engine.io import HostIO as HostIO  # re-exported
-from squeezed.engine.io import begin_operation, poll_delay_s, quick_free_kib
+from squeezed.engine.io import begin_operation, poll_delay_s, quick_free_kib, target_batch
 from squeezed.engine.model import Domain, Host
 from squeezed.engine.policy import proportional_targets
 from squeezed.engine.squeezer import (
@@ -88,6 +88,29 @@ def _write(io: HostIO, d: Domain, target_kib: int, maxmem_kib: int, stats: OpSta
             io.set_target(d.domid, target_kib)
             stats.targets_written += 1
         if maxmem_kib != d.memory_max_kib:
+            io.set_maxmem(d.domid, maxmem_kib)
+            stats.maxmem_written += 1
+
+
+def _write_all(io: HostIO, writes: list[tuple[Domain, int, int]], stats: OpStats) -> None:
+    """`_write` for each, or, when the host takes a batch of targets, the
+    same per-domain order in three steps: maxmem raised where the target
+    rises, every target in one batch, maxmem lowered where it does not."""
+    batch = target_batch(io)
+    if batch is None or len({d.domid for d, _, _ in writes}) != len(writes):
+        for d, target_kib, maxmem_kib in writes:
+            _write(io, d, target_kib, maxmem_kib, stats)
+        return
+    for d, target_kib, maxmem_kib in writes:
+        if target_kib > d.target_kib and maxmem_kib != d.memory_max_kib:
+            io.set_maxmem(d.domid, maxmem_kib)
+            stats.maxmem_written += 1
+    targets = {d.domid: t for d, t, _ in writes if t != d.target_kib}
+    if targets:
+        batch(targets)
+        stats.targets_written += len(targets)
+    for d, target_kib, maxmem_kib in writes:
+        if target_kib <= d.target_kib and maxmem_kib != d.memory_max_kib:
             io.set_maxmem(d.domid, maxmem_kib)
             stats.maxmem_written += 1
 
@@ -220,6 +243,7 @@ def _apply(io: HostIO, host: Host, dec: Decision, stats: OpStats) -> None:
     """Write one decision: cap newly inactive domains, set active ones' targets."""
     by_id = {d.domid: d for d in host.domains}
     new_targets = {a.domid: a.new_target_kib for a in dec.actions}
+    writes: list[tuple[Domain, int, int]] = []  # (domain, target, maxmem), in order
     for d in dec.declared_inactive:
         if not d.can_balloon:
             continue
@@ -228,12 +252,13 @@ def _apply(io: HostIO, host: Host, dec: Decision, stats: OpStats) -> None:
         m = _clamp(d.dynamic_min_kib, d.dynamic_max_kib, min(d.target_kib, d.memory_actual_kib))
         log.info("domain %d declared inactive (%s); maxmem %d KiB", d.domid,
                  "flagged uncooperative" if d.uncooperative else "stuck balloon driver", m)
-        _write(io, d, min(d.target_kib, m), m, stats)
+        writes.append((d, min(d.target_kib, m), m))
     for domid in dec.active:
         d = by_id[domid]
         t = new_targets.get(domid, d.target_kib)
         if t != d.target_kib or d.memory_max_kib != t:
-            _write(io, d, t, t, stats)
+            writes.append((d, t, t))
+    _write_all(io, writes, stats)
     # The line costs ~2 us a domain to format: only when it will be seen.
     if (dec.actions or dec.declared_inactive) and log.isEnabledFor(logging.INFO):
         log.info(

@@ -16,6 +16,7 @@ import pytest
 from squeezed.errors import InternalError
 from squeezed.xen.xenctrl import XenCtrlError
 from squeezed.xen.xenstore import XenstoreError
+from squeezed.xen.xs_wire import Op
 from tests.faults.xenenv import GIB, XenEnv
 
 
@@ -44,6 +45,16 @@ class DenyTargetWrites:
     def transaction(self, fn: Any, max_retries: int = 16) -> Any:
         return self._c.transaction(lambda t: fn(_DenyingTransaction(t, "/memory/target")),
                                    max_retries)
+
+    def pipeline(self, requests: Any, **kw: Any) -> Any:
+        """The batched writes (target_writes): refused without being sent."""
+        denied = [r.op == Op.WRITE and (r.path or "").endswith("/memory/target")
+                  for r in requests]
+        kept = [r for r, d in zip(requests, denied, strict=True) if not d]
+        epoch, outs = self._c.pipeline(kept, **kw)
+        sent = iter(outs)
+        return epoch, [XenstoreError("EACCES", r.path) if d else next(sent)
+                       for r, d in zip(requests, denied, strict=True)]
 
 
 def maxmem_never_below_allocation(env: XenEnv) -> None:
