@@ -66,53 +66,44 @@ class EngineConfig:
 class OpStats:
     iterations: int = 0
     elapsed_s: float = 0.0
-    targets_written: int = 0
-    maxmem_written: int = 0
 
 
 def _clamp(lo: int, hi: int, v: int) -> int:
     return max(lo, min(hi, v))
 
 
-def _write(io: HostIO, d: Domain, target_kib: int, maxmem_kib: int, stats: OpStats) -> None:
+def _write(io: HostIO, d: Domain, target_kib: int, maxmem_kib: int) -> None:
     """Move target and maxmem so that maxmem >= target holds at every instant:
     raise maxmem before raising the target, lower the target before maxmem."""
     if target_kib > d.target_kib:
         if maxmem_kib != d.memory_max_kib:
             io.set_maxmem(d.domid, maxmem_kib)
-            stats.maxmem_written += 1
         io.set_target(d.domid, target_kib)
-        stats.targets_written += 1
     else:
         if target_kib != d.target_kib:
             io.set_target(d.domid, target_kib)
-            stats.targets_written += 1
         if maxmem_kib != d.memory_max_kib:
             io.set_maxmem(d.domid, maxmem_kib)
-            stats.maxmem_written += 1
 
 
-def _write_all(io: HostIO, writes: list[tuple[Domain, int, int]], stats: OpStats) -> None:
+def _write_all(io: HostIO, writes: list[tuple[Domain, int, int]]) -> None:
     """`_write` for each, or, when the host takes a batch of targets, the
     same per-domain order in three steps: maxmem raised where the target
     rises, every target in one batch, maxmem lowered where it does not."""
     batch = target_batch(io)
     if batch is None or len({d.domid for d, _, _ in writes}) != len(writes):
         for d, target_kib, maxmem_kib in writes:
-            _write(io, d, target_kib, maxmem_kib, stats)
+            _write(io, d, target_kib, maxmem_kib)
         return
     for d, target_kib, maxmem_kib in writes:
         if target_kib > d.target_kib and maxmem_kib != d.memory_max_kib:
             io.set_maxmem(d.domid, maxmem_kib)
-            stats.maxmem_written += 1
     targets = {d.domid: t for d, t, _ in writes if t != d.target_kib}
     if targets:
         batch(targets)
-        stats.targets_written += len(targets)
     for d, target_kib, maxmem_kib in writes:
         if target_kib <= d.target_kib and maxmem_kib != d.memory_max_kib:
             io.set_maxmem(d.domid, maxmem_kib)
-            stats.maxmem_written += 1
 
 
 def change_host_free_memory(
@@ -258,7 +249,7 @@ def _apply(io: HostIO, host: Host, dec: Decision, stats: OpStats) -> None:
         t = new_targets.get(domid, d.target_kib)
         if t != d.target_kib or d.memory_max_kib != t:
             writes.append((d, t, t))
-    _write_all(io, writes, stats)
+    _write_all(io, writes)
     # The line costs ~2 us a domain to format: only when it will be seen.
     if (dec.actions or dec.declared_inactive) and log.isEnabledFor(logging.INFO):
         log.info(
