@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -360,5 +361,46 @@ def test_reserve_of_free_memory_reads_no_domain(short_tmp, monkeypatch):
         rid = env.svc.reserve_memory("t", sid, 3 * GIB // 2)
         assert xc.calls["domain_list"] > 0
         env.svc.delete_reservation("t", sid, rid)
+    finally:
+        env.close()
+
+
+def test_a_transfer_waits_for_a_batch_of_target_writes(short_tmp, monkeypatch):
+    """A transfer runs beside operations; a batch of target writes may hold
+    as many transactions open as xenstored allows one connection, and a
+    transfer's transaction started then was refused (ENOSPC: 11 of 50 VM
+    starts in the boot storm). It now waits for the batch to end."""
+    from squeezed.xen import host as host_mod
+
+    env = XenEnv(short_tmp, monkeypatch)
+    try:
+        sid = env.svc.login("t", "xenopsd")
+        rid = env.svc.reserve_memory("t", sid, 64 * MIB)
+        env.sim.create_domain(5, target_kib=64 * MIB, dynamic_min_kib=64 * MIB,
+                              dynamic_max_kib=64 * MIB)
+        events: list[str] = []
+        real_txn = env.xs.transaction
+
+        def txn(fn: Any, max_retries: int = 16) -> Any:
+            events.append("transfer")
+            return real_txn(fn, max_retries)
+
+        monkeypatch.setattr(env.host.xs, "transaction", txn)
+        real_write_targets = host_mod.write_targets
+        transfer = threading.Thread(
+            target=env.svc.transfer_reservation_to_domain, args=("t", sid, rid, 5))
+
+        def write_targets(xs: Any, targets: Any) -> Any:
+            events.append("batch")
+            transfer.start()
+            transfer.join(0.3)  # the transfer runs now if nothing stops it
+            events.append("batch end")
+            return real_write_targets(xs, targets)
+
+        monkeypatch.setattr(host_mod, "write_targets", write_targets)
+        env.host.set_targets({1: 2 * GIB})
+        transfer.join(5)
+        assert events[:3] == ["batch", "batch end", "transfer"], events
+        assert env.xs.read("/local/domain/5/memory/initial-reservation") == str(64 * MIB)
     finally:
         env.close()

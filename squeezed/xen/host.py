@@ -115,6 +115,10 @@ class XenHost:
         # Held across a snapshot's accounting and across a transfer, so that a
         # reservation is seen either before its transfer or after, never half.
         self._accounting = threading.RLock()
+        # Held across a batch of target writes, whose transactions may use up
+        # the connection's quota, and across a transfer's transaction, which
+        # runs beside operations: it would be refused (ENOSPC).
+        self._transactions = threading.Lock()
         self.cache = KeyCache(lambda domid: self._read_keys(domid), xs.read)
         self._watch = WatchSync(self.cache, xc, self.forget_gone)
         self._writes = DomainWrites(xc, xs, self.cache, manage_domain_zero)
@@ -486,7 +490,8 @@ class XenHost:
     def set_targets(self, targets: Mapping[int, int]) -> None:
         """HostIO's optional batch: many targets, pipelined (`target_writes`)."""
         try:
-            written = write_targets(self.xs, targets)
+            with self._transactions:
+                written = write_targets(self.xs, targets)
         except (ValueError, XenstoreError) as e:
             raise write_failed(f"memory/target of {len(targets)} domains", "(batch)", e) from e
         for domid, done in written.items():
@@ -529,7 +534,7 @@ class XenHost:
             self._table.mark_in_transfer(t, r, domid)
 
         self._load_table()
-        with self._accounting:
+        with self._accounting, self._transactions:
             self.xs.transaction(txn)
             self._table.transferred(r, domid)
             if self._quiet is not None and domid not in self._quiet.unbooted:
