@@ -65,12 +65,13 @@ SCRUB_WAIT_PAGES = 1024  # upstream waits while the scrubber has this many pages
 
 @dataclass(frozen=True)
 class _QuietMark:
-    """Left by a snapshot that found every balloonable domain at its target
-    and no domain being built: valid while the key cache's epoch stands."""
+    """Left by a snapshot that found every balloonable domain at its target:
+    valid while the key cache's epoch stands."""
     epoch: int
     total_kib: int
     live: frozenset[int]  # every domain the hypervisor listed
     left_alone: frozenset[int]  # domains left out for bad values
+    unbooted: frozenset[int]  # domains not booted: looked at afresh by each quick answer
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,6 +115,10 @@ class XenHost:
         # Held across a snapshot's accounting and across a transfer, so that a
         # reservation is seen either before its transfer or after, never half.
         self._accounting = threading.RLock()
+        # Held across a batch of target writes, whose transactions may use up
+        # the connection's quota, and across a transfer's transaction, which
+        # runs beside operations: it would be refused (ENOSPC).
+        self._transactions = threading.Lock()
         self.cache = KeyCache(lambda domid: self._read_keys(domid), xs.read)
         self._watch = WatchSync(self.cache, xc, self.forget_gone)
         self._writes = DomainWrites(xc, xs, self.cache, manage_domain_zero)
@@ -247,44 +252,72 @@ class XenHost:
         Leaves the quiet mark when every balloonable domain is at its target."""
         epoch = self.cache.epoch
         phys_before = self._wait_for_scrubber()
-        host, all_domids, left_alone, building = self._read_host(True, phys_before)
+        host, all_domids, left_alone, unbooted = self._read_host(True, phys_before)
         self._update_cooperative(host, all_domids)
         host = self._with_flags(host)
         for d in host.domains:
             maxmem_kib = self._dom0_maxmem_kib if d.domid == 0 else d.memory_max_kib
             if d.can_balloon and maxmem_kib > d.target_kib:
                 self.set_maxmem(d.domid, d.target_kib)  # always safe to lower
-        quiet = not building and self.cache.watching and all(
-            d.hit_target for d in host.domains if d.can_balloon)
+        quiet = self.cache.watching and all(d.hit_target for d in host.domains if d.can_balloon)
         self._quiet = _QuietMark(epoch, self._last_phys[2], frozenset(all_domids),
-                                 frozenset(left_alone)) if quiet else None
+                                 frozenset(left_alone), frozenset(unbooted)) if quiet else None
         return host
 
     @_xenstore_failures
     def quick_free_kib(self) -> int | None:
-        """Host free memory exactly as `snapshot()` would count it, from one
-        physinfo and the reservation table in memory, when every balloonable
-        domain is known to be at its target (and no domain is being built);
-        None when that is not known, and the caller takes a snapshot.
+        """Host free memory exactly as `snapshot()` would count it, without
+        reading every domain, when every balloonable domain is known to be at
+        its target; None when that is not known (the caller takes a snapshot).
 
         Known: the last snapshot found it so and left its mark, and since
-        then no watched key changed and no domain came or went (the cache's
-        epoch; the operation's watch barrier has applied every event sent
-        before it). A domain at its target has maxmem lowered to it, so it
-        cannot take free memory; a moving or building one voids the mark."""
+        then no watched key of a booted domain changed and no domain came or
+        went (the cache's epoch; the operation's watch barrier has applied
+        every event sent before it). A domain at its target has maxmem lowered
+        to it, so it cannot take free memory; a moving one voids the mark.
+        Domains not booted (few: being built) are looked at afresh, as the
+        snapshot does: one hypercall and one read each."""
         with self._accounting:
-            mark = self._quiet
-            if mark is None or not self.cache.watching or mark.epoch != self.cache.epoch:
+            mark, epoch = self._quiet, self.cache.epoch
+            if mark is None or not self.cache.watching or mark.epoch != epoch:
                 return None
-            phys = self.xc.physinfo()
-            if (phys.scrub_pages >= SCRUB_WAIT_PAGES
-                    or phys.total_pages * PAGE_KIB != mark.total_kib):
+            phys_before = self.xc.physinfo()
+            if (phys_before.scrub_pages >= SCRUB_WAIT_PAGES
+                    or phys_before.total_pages * PAGE_KIB != mark.total_kib):
                 return None  # the scrubber is to be waited for; or a different host
-            reserved = reserved_kib(self._table.entries(), mark.live, mark.left_alone)
+            booted_left_alone = mark.left_alone - mark.unbooted
+            entries = self._table.entries()
+            if any(r.in_transfer_domid in booted_left_alone for r in entries):
+                return None  # whether that one counts hangs on its allocation now
+            live, left_alone = set(mark.live), set(booted_left_alone)
+            reserved = 0
+            for domid in sorted(mark.unbooted):
+                di = self._domain_info(domid)
+                if di is None:
+                    live.discard(domid)  # destroyed: a reservation to it counts in full
+                    continue
+                try:
+                    reserved += self._domain_view(di, False, mark.total_kib)[1]
+                except InvalidValue:
+                    left_alone.add(domid)
+            phys = self.xc.physinfo() if mark.unbooted else phys_before
+            if self.cache.epoch != epoch:
+                return None  # e.g. a domain booted meanwhile
+            if (phys_before.free_pages + phys_before.scrub_pages
+                    < phys.free_pages + phys.scrub_pages):
+                phys = phys_before  # as the snapshot: never count a page twice
+            reserved += reserved_kib(entries, live, left_alone)
             free_kib, scrub_kib = phys.free_pages * PAGE_KIB, phys.scrub_pages * PAGE_KIB
             self._last_reserved_kib = reserved
             self._last_phys = (free_kib, scrub_kib, mark.total_kib)
             return free_kib + scrub_kib - reserved
+
+    def _domain_info(self, domid: int) -> DomainInfo | None:
+        one = getattr(self.xc, "domain_info", None)  # one hypercall, where offered
+        if one is not None:
+            info: DomainInfo | None = one(domid)
+            return info
+        return next((di for di in self.xc.domain_list() if di.domid == domid), None)
 
     @_xenstore_failures
     def observe(self) -> Host:
@@ -303,15 +336,14 @@ class XenHost:
         ))
 
     def _read_host(self, calibrate: bool, phys_before: PhysInfo | None
-                   ) -> tuple[Host, set[int], set[int], bool]:
-        """(host, every domid listed, those left alone, whether a domain is
-        being built with a reservation)."""
+                   ) -> tuple[Host, set[int], set[int], set[int]]:
+        """(host, every domid listed, those left alone, those not booted)."""
         with self._accounting:
             self._table.load(lambda: self.xc.physinfo().total_pages * PAGE_KIB)
             return self._read_host_locked(calibrate, phys_before)
 
     def _read_host_locked(self, calibrate: bool, phys_before: PhysInfo | None
-                          ) -> tuple[Host, set[int], set[int], bool]:
+                          ) -> tuple[Host, set[int], set[int], set[int]]:
         # Pages freed between reading the domains and the host would count
         # twice (in tot_pages and as free): take the smaller of a reading
         # before the domain list (the scrubber check's, if any) and one after.
@@ -321,7 +353,7 @@ class XenHost:
         infos = self.xc.domain_list()
         all_domids = {di.domid for di in infos}
         reserved = 0
-        building = False
+        unbooted: set[int] = set()
         domains: list[Domain] = []
         left_alone: dict[int, str] = {}
         entries, watching = self.cache.entries, self.cache.watching
@@ -345,15 +377,16 @@ class XenHost:
                 d, unaccounted_kib = self._domain_view(di, calibrate, total_kib)
             except InvalidValue as e:
                 left_alone[domid] = str(e)
-                continue
+                d, unaccounted_kib = None, 0
+            c = entries.get(domid)
+            booted = c is not None and is_booted(c.keys)
+            if not booted:
+                unbooted.add(domid)
             if d is None:
                 continue
             domains.append(d)
             reserved += unaccounted_kib
-            c = entries.get(domid)
-            if c is None or not is_booted(c.keys):
-                building = True  # pinned, with a reservation transferred to it
-            elif memo is not None:
+            if booted and memo is not None:
                 with self._lock:
                     self._views[domid] = (memo, d)
         phys = self.xc.physinfo()
@@ -371,7 +404,7 @@ class XenHost:
             free_kib + scrub_kib - reserved,
             detail=f"F{free_kib} S{scrub_kib} R{reserved} T{phys.total_pages * PAGE_KIB}",
         )
-        return host, all_domids, set(left_alone), building
+        return host, all_domids, set(left_alone), unbooted
 
     def _note_invalid(self, now: dict[int, str], all_domids: set[int]) -> None:
         """Remember (and log once) the domains left alone for bad values."""
@@ -457,7 +490,8 @@ class XenHost:
     def set_targets(self, targets: Mapping[int, int]) -> None:
         """HostIO's optional batch: many targets, pipelined (`target_writes`)."""
         try:
-            written = write_targets(self.xs, targets)
+            with self._transactions:
+                written = write_targets(self.xs, targets)
         except (ValueError, XenstoreError) as e:
             raise write_failed(f"memory/target of {len(targets)} domains", "(batch)", e) from e
         for domid, done in written.items():
@@ -500,10 +534,11 @@ class XenHost:
             self._table.mark_in_transfer(t, r, domid)
 
         self._load_table()
-        with self._accounting:
+        with self._accounting, self._transactions:
             self.xs.transaction(txn)
             self._table.transferred(r, domid)
-            self._quiet = None  # a domain being built: the next operation looks at it
+            if self._quiet is not None and domid not in self._quiet.unbooted:
+                self._quiet = None  # a domain the mark does not know: a snapshot looks
             self._set_cached(domid, "memory/initial-reservation", str(r.kib))
             self._set_cached(domid, "memory/reservation-id", r.reservation_id)
         self.set_maxmem(domid, r.kib)  # so the domain builder can allocate it

@@ -2,8 +2,10 @@
 
 The watcher re-reads a key when its watch fires; squeezed's own writes go
 in at once. `epoch` counts every change of any value or of the set of
-domains: while it stands still, nothing XenHost derives from the keys has
-changed either, which lets a quiet host skip the per-domain work (issue 12).
+domains, except of the keys in `EPOCH_IGNORES`: while it stands still,
+nothing XenHost derives from the keys for a booted domain has changed
+either, which lets a quiet host skip the per-domain work (issue 12). (An
+unbooted domain's initial-reservation is read afresh whenever it counts.)
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from squeezed.xen.values import domain_path
+
+# Written by transfers to domains being built; read afresh where they count.
+EPOCH_IGNORES = frozenset({"memory/initial-reservation", "memory/reservation-id"})
 
 
 @dataclass
@@ -57,9 +62,11 @@ class KeyCache:
                 c = self.entries.setdefault(domid, Cached())
                 if c.writes == before:
                     if c.keys != keys:
+                        if not c.keys or any(c.keys.get(k) != v for k, v in keys.items()
+                                             if k not in EPOCH_IGNORES):
+                            self.epoch += 1
                         c.keys = keys
                         c.version += 1
-                        self.epoch += 1
                     return keys
         return keys
 
@@ -81,7 +88,7 @@ class KeyCache:
                     if c.keys.get(key) != value:
                         c.keys[key] = value
                         c.version += 1
-                        self.epoch += 1
+                        self.epoch += key not in EPOCH_IGNORES
                     return
         self.refresh_domain(domid)
 
@@ -106,7 +113,7 @@ class KeyCache:
                 if c.keys.get(key) != value:
                     c.keys[key] = value
                     c.version += 1
-                    self.epoch += 1
+                    self.epoch += key not in EPOCH_IGNORES
 
     def forget(self, live: set[int]) -> list[int]:
         """Drop domains not in `live`; returns the dropped ones."""
