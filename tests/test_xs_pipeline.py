@@ -248,9 +248,10 @@ def test_pipeline_against_xenstored(xsd: Xenstored) -> None:
                               Request(Op.TRANSACTION_END, b"T\0", tx)], epoch=epoch)
         assert all(isinstance(o, Packet) for o in outs) and xsd.read("/w/tx") == "1"
         # A connection replaced since: nothing is sent, nothing applied.
-        _, outs = c.pipeline([Request(Op.WRITE, write_payload("/w/stale", "1"), 0)],
-                             epoch=epoch - 1)
+        stale, outs = c.pipeline([Request(Op.WRITE, write_payload("/w/stale", "1"), 0)],
+                                 epoch=epoch - 1)
         assert isinstance(outs[0], XenstoreConnectionError) and not outs[0].in_flight
+        assert stale == epoch - 1  # what they belonged to, not the current connection
         assert xsd.read("/w/stale") is None
     finally:
         c.close()

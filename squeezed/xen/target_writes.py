@@ -171,8 +171,9 @@ def _round(
     domids = list(txs)
     bases = [domain_path(d) for d in domids]
 
-    # 2. does each domain's directory still exist?
-    epoch, outcomes = xs.pipeline(
+    # 2. does each domain's directory still exist?  (Every later request
+    # names the epoch of the starts: never a transaction id on another connection.)
+    _, outcomes = xs.pipeline(
         [Request(Op.READ, join_strings([b]), txs[d], b)
          for d, b in zip(domids, bases, strict=True)],
         epoch=epoch,
