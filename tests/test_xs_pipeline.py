@@ -94,7 +94,8 @@ def test_reply_to_nobody_is_dropped() -> None:
     pl = Pipeline(reads("/a"), lambda: next(ids))
     pl.next_bytes()
     assert pl.receive(Packet(Op.READ, 99, 0, b"stray")) is None
-    assert pl.dropped == 1 and not pl.done
+    assert pl.receive(Packet(Op.READ, 98, 0, b"stray")) is None
+    assert pl.dropped == 2 and not pl.done
     pl.receive(Packet(Op.READ, 1, 0, b"A"))
     assert pl.done
 
@@ -124,6 +125,7 @@ def test_lost_connection_fails_the_unanswered_in_flight_or_not() -> None:
     for o, in_flight in ((a, True), (c, True), (d, False)):
         assert isinstance(o, XenstoreConnectionError)
         assert o.errno_name == "EIO" and o.in_flight is in_flight
+    assert [o.path for o in (a, c, d)] == ["/a", "/c", "/d"]  # type: ignore[union-attr]
     assert pl.next_bytes() == b""
 
 
