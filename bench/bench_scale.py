@@ -607,7 +607,8 @@ def report(res: dict) -> str:
                 + (f"; overtaken, by whom, sent how many ms later: {r['overtaken'][:6]}"
                    if r["overtaken"] else "") + ")",
                 f"- reserve_memory_range latency p50 {r['reserve_p50_s']:.2f} s, p99 "
-                f"{r['reserve_p99_s']:.2f} s; whole start p50 {r['start_p50_s']:.2f} s, p99 "
+                f"{r['reserve_p99_s']:.2f} s; whole start (reserve to delete) p50 "
+                f"{r['start_p50_s']:.2f} s, p99 "
                 f"{r['start_p99_s']:.2f} s", ""]
     return "\n".join(out)
 

@@ -33,6 +33,7 @@ from squeezed.xen.cooperation import CooperationTracker, write_flags
 from squeezed.xen.domain_zero import DomainZero
 from squeezed.xen.keycache import Cached, KeyCache
 from squeezed.xen.protocols import WatcherLike, XenCtrlLike, XenstoreLike
+from squeezed.xen.reading import HostReader, Reading
 from squeezed.xen.reservations import STATE_PATH as STATE_PATH
 from squeezed.xen.reservations import ReservationTable
 from squeezed.xen.target_writes import write_targets
@@ -122,19 +123,12 @@ class XenHost:
         self.cache = KeyCache(lambda domid: self._read_keys(domid), xs.read)
         self._watch = WatchSync(self.cache, xc, self.forget_gone)
         self._writes = DomainWrites(xc, xs, self.cache, manage_domain_zero)
+        self._table = ReservationTable(xs)
+        self._reader = HostReader(xc, self.cache, self._writes, self._table,
+                                  lambda *a: self._domain_view(*a), manage_domain_zero)
         self.xc = xc
         self._cooperation = CooperationTracker()  # under _lock
-        self._table = ReservationTable(xs)
-        self._last_reserved_kib = 0
-        self._last_phys = (0, 0, 0)
         self._dom0_maxmem_kib = 0  # domain 0's maxmem as Xen has it (engine frame)
-        # Domains left out of the arithmetic for bad values, each logged once:
-        # domid -> why.
-        self._invalid: dict[int, str] = {}
-        # A booted domain's engine view, kept while neither its hypervisor
-        # figures nor its cached keys change: a snapshot of a quiet host of
-        # a thousand domains rebuilds none of them (issue 12).
-        self._views: dict[int, tuple[tuple[Any, ...], Domain]] = {}
         self._quiet: _QuietMark | None = None
         # A booted domain's keys as parsed, while they stay as they are.
         self._policies: dict[int, tuple[tuple[int, int], Policy | None]] = {}
@@ -145,7 +139,7 @@ class XenHost:
 
     @xc.setter
     def xc(self, xc: XenCtrlLike) -> None:  # tests swap in a failing libxenctrl
-        self._xc = self._watch.xc = self._writes.xc = xc
+        self._xc = self._watch.xc = self._writes.xc = self._reader.xc = xc
 
     @property
     def _types(self) -> dict[int, str]:
@@ -186,10 +180,10 @@ class XenHost:
     def forget_gone(self, live: set[int]) -> None:
         self.cache.forget(live)
         self._writes.forget(live)
+        self._reader.forget(live)
         with self._lock:
-            for table in (self._views, self._invalid, self._policies):
-                for domid in [d for d in table if d not in live]:
-                    del table[domid]
+            for domid in [d for d in self._policies if d not in live]:
+                del self._policies[domid]
             self._cooperation.forget(live)
 
     def run_watcher(
@@ -252,7 +246,8 @@ class XenHost:
         Leaves the quiet mark when every balloonable domain is at its target."""
         epoch = self.cache.epoch
         phys_before = self._wait_for_scrubber()
-        host, all_domids, left_alone, unbooted = self._read_host(True, phys_before)
+        reading = self._read_host(True, phys_before)
+        host, all_domids = reading.host, reading.all_domids
         self._update_cooperative(host, all_domids)
         host = self._with_flags(host)
         for d in host.domains:
@@ -260,8 +255,9 @@ class XenHost:
             if d.can_balloon and maxmem_kib > d.target_kib:
                 self.set_maxmem(d.domid, d.target_kib)  # always safe to lower
         quiet = self.cache.watching and all(d.hit_target for d in host.domains if d.can_balloon)
-        self._quiet = _QuietMark(epoch, self._last_phys[2], frozenset(all_domids),
-                                 frozenset(left_alone), frozenset(unbooted)) if quiet else None
+        self._quiet = _QuietMark(
+            epoch, self._reader.last_phys[2], frozenset(all_domids),
+            frozenset(reading.left_alone), frozenset(reading.unbooted)) if quiet else None
         return host
 
     @_xenstore_failures
@@ -308,8 +304,8 @@ class XenHost:
                 phys = phys_before  # as the snapshot: never count a page twice
             reserved += reserved_kib(entries, live, left_alone)
             free_kib, scrub_kib = phys.free_pages * PAGE_KIB, phys.scrub_pages * PAGE_KIB
-            self._last_reserved_kib = reserved
-            self._last_phys = (free_kib, scrub_kib, mark.total_kib)
+            self._reader.last_reserved_kib = reserved
+            self._reader.last_phys = (free_kib, scrub_kib, mark.total_kib)
             return free_kib + scrub_kib - reserved
 
     def _domain_info(self, domid: int) -> DomainInfo | None:
@@ -323,7 +319,7 @@ class XenHost:
     def observe(self) -> Host:
         """The host for queries and diagnostics: no waiting, no writes, so
         it can run beside an operation without disturbing it."""
-        return self._with_flags(self._read_host(False, None)[0])
+        return self._with_flags(self._read_host(False, None).host)
 
     def _with_flags(self, host: Host) -> Host:
         with self._lock:
@@ -335,89 +331,10 @@ class XenHost:
             for d in host.domains
         ))
 
-    def _read_host(self, calibrate: bool, phys_before: PhysInfo | None
-                   ) -> tuple[Host, set[int], set[int], set[int]]:
-        """(host, every domid listed, those left alone, those not booted)."""
+    def _read_host(self, calibrate: bool, phys_before: PhysInfo | None) -> Reading:
         with self._accounting:
             self._table.load(lambda: self.xc.physinfo().total_pages * PAGE_KIB)
-            return self._read_host_locked(calibrate, phys_before)
-
-    def _read_host_locked(self, calibrate: bool, phys_before: PhysInfo | None
-                          ) -> tuple[Host, set[int], set[int], set[int]]:
-        # Pages freed between reading the domains and the host would count
-        # twice (in tot_pages and as free): take the smaller of a reading
-        # before the domain list (the scrubber check's, if any) and one after.
-        if phys_before is None:
-            phys_before = self.xc.physinfo()
-        total_kib = phys_before.total_pages * PAGE_KIB
-        infos = self.xc.domain_list()
-        all_domids = {di.domid for di in infos}
-        reserved = 0
-        unbooted: set[int] = set()
-        domains: list[Domain] = []
-        left_alone: dict[int, str] = {}
-        entries, watching = self.cache.entries, self.cache.watching
-        with self._lock:
-            views = dict(self._views)
-        # Dying domains are read like any other, as upstream does: once their
-        # xenstore directory is gone they drop out for lack of keys.
-        for di in infos:
-            domid = di.domid
-            if domid == 0 and not self.manage_domain_zero:
-                continue
-            c = entries.get(domid)
-            memo = None
-            if c is not None and watching and domid != 0:
-                memo = (di.tot_pages, di.max_pages, di.hvm, total_kib, c.version)
-                seen = views.get(domid)
-                if seen is not None and seen[0] == memo:
-                    domains.append(seen[1])  # booted, valid, unchanged
-                    continue
-            try:
-                d, unaccounted_kib = self._domain_view(di, calibrate, total_kib)
-            except InvalidValue as e:
-                left_alone[domid] = str(e)
-                d, unaccounted_kib = None, 0
-            c = entries.get(domid)
-            booted = c is not None and is_booted(c.keys)
-            if not booted:
-                unbooted.add(domid)
-            if d is None:
-                continue
-            domains.append(d)
-            reserved += unaccounted_kib
-            if booted and memo is not None:
-                with self._lock:
-                    self._views[domid] = (memo, d)
-        phys = self.xc.physinfo()
-        if phys_before.free_pages + phys_before.scrub_pages < phys.free_pages + phys.scrub_pages:
-            phys = phys_before
-        free_kib = phys.free_pages * PAGE_KIB
-        scrub_kib = phys.scrub_pages * PAGE_KIB
-        reserved += reserved_kib(self._table.entries(), all_domids, set(left_alone))
-        self._note_invalid(left_alone, all_domids)
-        self._writes.seen(infos)
-        self._last_reserved_kib = reserved
-        self._last_phys = (free_kib, scrub_kib, phys.total_pages * PAGE_KIB)
-        host = Host(
-            tuple(domains),
-            free_kib + scrub_kib - reserved,
-            detail=f"F{free_kib} S{scrub_kib} R{reserved} T{phys.total_pages * PAGE_KIB}",
-        )
-        return host, all_domids, set(left_alone), unbooted
-
-    def _note_invalid(self, now: dict[int, str], all_domids: set[int]) -> None:
-        """Remember (and log once) the domains left alone for bad values."""
-        with self._lock:
-            before = self._invalid
-            self._invalid = dict(now)
-        for domid, why in now.items():
-            if before.get(domid) != why:
-                log.warning("domain %d left alone (not ballooned, not counted on): %s",
-                            domid, why)
-        for domid in before:
-            if domid not in now and domid in all_domids:
-                log.info("domain %d: memory values valid again; balancing it", domid)
+            return self._reader.read(calibrate, phys_before)
 
     def _domain_view(self, di: DomainInfo, calibrate: bool, total_kib: int
                      ) -> tuple[Domain | None, int]:
@@ -506,7 +423,8 @@ class XenHost:
     # -- Backend: reservations -------------------------------------------------
 
     def _load_table(self) -> None:
-        self._table.load(lambda: self._last_phys[2] or self.xc.physinfo().total_pages * PAGE_KIB)
+        self._table.load(
+            lambda: self._reader.last_phys[2] or self.xc.physinfo().total_pages * PAGE_KIB)
 
     @_xenstore_failures
     def reservations(self) -> list[Reservation]:
@@ -551,10 +469,11 @@ class XenHost:
         return any(di.domid == domid for di in self.xc.domain_list())
 
     def describe(self) -> dict[str, Any]:
-        free_kib, scrub_kib, total_kib = self._last_phys
+        free_kib, scrub_kib, total_kib = self._reader.last_phys
         with self._lock:
             uncooperative = sorted(self._cooperation.uncooperative)
-            invalid = dict(sorted(self._invalid.items()))
+        with self._reader.lock:
+            invalid = dict(sorted(self._reader.invalid.items()))
         with self.cache.lock:
             names = {domid: c.keys["name"] for domid, c in self.cache.entries.items()
                      if c.keys.get("name")}
@@ -563,7 +482,7 @@ class XenHost:
             "xen_free_kib": free_kib,
             "xen_scrub_kib": scrub_kib,
             "xen_total_kib": total_kib,
-            "reservations_kib": self._last_reserved_kib,
+            "reservations_kib": self._reader.last_reserved_kib,
             "uncooperative_domids": uncooperative,
             # domid -> why its values were left out of the arithmetic
             "invalid_domains": invalid,
