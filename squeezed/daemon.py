@@ -43,7 +43,7 @@ from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measu
 from squeezed.supervisor import Supervisor
 
 if TYPE_CHECKING:  # imported when used: a production start never loads the simulator
-    from squeezed.sim.xenhost import SimulatedXenHost
+    from squeezed.sim.xenhost.host import SimulatedXenHost
     from squeezed.xen.host import XenHost
     from squeezed.xen.xenstore import XenstoreClient
 
@@ -172,7 +172,7 @@ class Daemon:
         lib = self.cfg.libxenctrl or None
         xs_path = self.cfg.xenstored_socket_path()
         if self.opts.simulate is not None:
-            from squeezed.sim.launch import start_simulated_host
+            from squeezed.sim.xenhost.launch import start_simulated_host
 
             systemd.status("starting the simulated Xen host")
             self.sim = start_simulated_host(self.opts.simulate or None, self.run_dir)
@@ -283,7 +283,7 @@ class Daemon:
         assert self.service is not None
         path = self._path("switch-path", "switch")
         if self.opts.simulate is not None and not self._explicit("switch-path"):
-            from squeezed.sim.switch import SimulatedSwitch
+            from squeezed.sim.xenhost.switch import SimulatedSwitch
 
             self.sim_switch = SimulatedSwitch(path).start()
         # Test hook: block a request for ever at this point (before-record, before-reply),

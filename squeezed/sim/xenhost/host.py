@@ -29,12 +29,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from squeezed.sim.build import build_stub
 from squeezed.sim.drivers import Driver, Ideal
-from squeezed.sim.hypervisor import InsufficientMemory, NoSuchDomain, SimHypervisor
-from squeezed.sim.xenstored import Xenstored
+from squeezed.sim.xenhost.build import build_stub
+from squeezed.sim.xenhost.hypervisor import InsufficientMemory, NoSuchDomain, SimHypervisor
+from squeezed.sim.xenhost.xenstored.server import Xenstored
 
-log = logging.getLogger("squeezed.sim.xenhost")
+log = logging.getLogger(__name__)
 
 PAGE_KIB = 4
 DEFAULT_RATE_KIB_S = 1 << 20
