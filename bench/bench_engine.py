@@ -31,7 +31,8 @@ from squeezed.engine.model import Domain, Host
 from squeezed.engine.operations import OperationAbandoned, change_host_free_memory
 from squeezed.engine.squeezer import Squeezer, StucknessMonitor
 from squeezed.sim.drivers import Ideal
-from squeezed.sim.virtual.host import RealClock, SimulatedHost, VirtualDomain
+from squeezed.sim.virtual.clock import RealClock
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 MIB = 1024
 ROOT = Path(__file__).resolve().parent.parent

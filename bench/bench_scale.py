@@ -41,7 +41,8 @@ from squeezed.engine import EngineConfig, free_memory
 from squeezed.engine.errors import CannotFree, DomainsRefused
 from squeezed.rpc.client import ConnectionFailed, MemoryClient
 from squeezed.sim.drivers import Ideal, Stuck
-from squeezed.sim.virtual.host import RealClock, SimulatedHost, VirtualClock, VirtualDomain
+from squeezed.sim.virtual.clock import RealClock, VirtualClock
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 from squeezed.sim.xenhost.host import PAGE_KIB, SimulatedXenHost
 from squeezed.xen.host import DOMAIN_KEYS
 from squeezed.xen.xs_wire import Op, Parser, encode, join_strings

@@ -231,7 +231,7 @@ def test_each_operation_begins_once() -> None:
 
 
 def test_clock_not_starting_at_zero() -> None:
-    from squeezed.sim.virtual.host import VirtualClock
+    from squeezed.sim.virtual.clock import VirtualClock
 
     host = SimulatedHost(0, [guest(1, 1000 * MIB, 100 * MIB)], clock=VirtualClock(1000.0))
     stats = ops.free_memory(host, EngineConfig(reserve_kib=0), 300 * MIB)

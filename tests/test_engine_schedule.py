@@ -21,7 +21,8 @@ from squeezed.engine.model import Action, Domain, Host
 from squeezed.engine.operations import EngineConfig
 from squeezed.engine.squeezer import Squeezer, StucknessMonitor, Verdict
 from squeezed.sim.drivers import Ideal, Stuck
-from squeezed.sim.virtual.host import SimulatedHost, VirtualClock, VirtualDomain
+from squeezed.sim.virtual.clock import VirtualClock
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 MIB = 1024
 

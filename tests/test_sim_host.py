@@ -18,7 +18,8 @@ from squeezed.sim.drivers import (
     Stuck,
     make_driver,
 )
-from squeezed.sim.virtual.host import SimulatedHost, SimulationTimeout, VirtualClock, VirtualDomain
+from squeezed.sim.virtual.clock import VirtualClock
+from squeezed.sim.virtual.host import SimulatedHost, SimulationTimeout, VirtualDomain
 
 BIG_KIB = 10**9
 

@@ -1,3 +1,3 @@
 """The virtual-time simulator: `host.SimulatedHost` (domains with balloon
-drivers on a virtual or real clock) and `runner` (a scenario's steps through
-the engine)."""
+drivers), its time (`clock`: virtual, or real) and `runner` (a scenario's steps
+through the engine)."""

@@ -40,13 +40,14 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 from squeezed.backend import Reservation
 from squeezed.engine.model import DEFAULT_INACCURACY_KIB, Domain, Host
 from squeezed.engine.operations import OperationAbandoned
 from squeezed.errors import UnknownReservation
 from squeezed.sim.drivers import Driver, Stuck, bound, describe_driver
+from squeezed.sim.virtual.clock import Clock, VirtualClock
 
 _TIME_EPS_S = 1e-9
 _REAL_TICK_COST_FACTOR = 5  # under a real clock, a tick lasts >= 5x its CPU cost
@@ -54,44 +55,6 @@ _REAL_TICK_COST_FACTOR = 5  # under a real clock, a tick lasts >= 5x its CPU cos
 DEFAULT_TICK_S = 0.01
 DEFAULT_MAX_TICK_S = 0.5  # ticks grow up to this while nothing moves
 DEFAULT_MAX_SAMPLES = 4000
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    def sleep_until(self, t_s: float) -> None: ...
-
-
-class VirtualClock:
-    """Time that passes only when asked to: tests are deterministic and fast."""
-
-    def __init__(self, start_s: float = 0.0) -> None:
-        self._now_s = start_s
-
-    def now(self) -> float:
-        return self._now_s
-
-    def sleep_until(self, t_s: float) -> None:
-        self._now_s = max(self._now_s, t_s)  # time never goes backwards
-
-    def advance(self, seconds: float) -> None:
-        self.sleep_until(self._now_s + max(0.0, seconds))
-
-
-class RealClock:
-    """The monotonic clock, from 0 at construction: drives a simulated host in
-    real time (benchmarks, `squeezed --simulate`)."""
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-
-    def now(self) -> float:
-        return time.monotonic() - self._t0
-
-    def sleep_until(self, t_s: float) -> None:
-        delay_s = t_s - self.now()
-        if delay_s > 0:
-            time.sleep(delay_s)
 
 
 class SimulationTimeout(OperationAbandoned):

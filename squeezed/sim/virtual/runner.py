@@ -23,9 +23,9 @@ from squeezed.engine.operations import (
 from squeezed.errors import MemoryInterfaceError
 from squeezed.service import wire_error
 from squeezed.sim.scenario import TIMED_OUT, Scenario, StepSpec
+from squeezed.sim.virtual.clock import Clock
 from squeezed.sim.virtual.host import (
     DEFAULT_TICK_S,
-    Clock,
     SimulatedHost,
     SimulationTimeout,
     VirtualDomain,
