@@ -118,10 +118,6 @@ class SimDomainInfo:
     def max_kib(self) -> int:
         return self.max_pages * PAGE_SIZE_KIB
 
-    @property
-    def shadow_pages(self) -> int:
-        return self.shadow_mib * PAGES_PER_MIB
-
     @classmethod
     def _from_record(cls, domid: int, flags: int, tot: int, mx: int, shadow: int) -> SimDomainInfo:
         return cls(domid, tot, mx, shadow, bool(flags & XEN_DOMINF_HVM_GUEST),
