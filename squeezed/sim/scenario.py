@@ -154,7 +154,7 @@ class _Checker:
             raise self.fail(key, f"expected a table, got {_typename(value)}")
         return value
 
-    def only(self, t: dict[str, Any], prefix: str, allowed: set[str] | dict) -> None:
+    def only(self, t: dict[str, Any], prefix: str, allowed: set[str] | dict[str, str]) -> None:
         for k in t:
             if k not in allowed:
                 raise self.fail(_join(prefix, k),

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from squeezed.backend import Reservation
 from squeezed.engine.model import DEFAULT_INACCURACY_KIB, Domain, Host
@@ -96,7 +96,7 @@ class VirtualDomain:
             return 0
         return max(0, self.initial_reservation_kib - self.actual_kib)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "driver"}
         d["driver"] = describe_driver(self.driver)
         return d
@@ -130,8 +130,8 @@ class SimulatedHost:
         if free_kib < 0:
             raise ValueError(f"free_kib must be >= 0, got {free_kib}")
         self.clock: Clock = clock if clock is not None else VirtualClock()
-        self.violations: list[dict] = []
-        self.events: list[dict] = []
+        self.violations: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
         self.deadline_s: float | None = None  # wait() past this raises SimulationTimeout
         self._lock = threading.RLock()
         self._raw_free_kib = free_kib
@@ -263,7 +263,7 @@ class SimulatedHost:
         with self._lock:
             return domid in self._domains
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         with self._lock:
             reserved = self.reserved_kib()
             return {

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from squeezed.sim.drivers import Driver, Ideal
@@ -58,7 +58,6 @@ class SimGuest:
     can_balloon: bool = True
     build_rate_kib_s: int = 4 << 20  # domain builder speed
     destroy_at_s: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class SimulatedXenHost:

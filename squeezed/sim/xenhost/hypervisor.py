@@ -195,7 +195,8 @@ class SimHypervisor:
     # --- raw access (lock held) ---------------------------------------------
 
     def _n(self) -> int:
-        return struct.unpack_from("=I", self._map, _N_DOMAINS_OFFSET)[0]
+        n: int = struct.unpack_from("=I", self._map, _N_DOMAINS_OFFSET)[0]
+        return n
 
     def _set_n(self, n: int) -> None:
         struct.pack_into("=I", self._map, _N_DOMAINS_OFFSET, n)
