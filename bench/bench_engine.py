@@ -46,7 +46,7 @@ def free_in_real_time(n: int, rate_kib_s: int, x_kib: int) -> float:
     per_kib = x_kib // n
     doms = [
         VirtualDomain(i + 1, 256 * MIB, 256 * MIB + 2 * per_kib, 256 * MIB + 2 * per_kib,
-                  256 * MIB + 2 * per_kib, 256 * MIB + 2 * per_kib, 4, True, Ideal(rate_kib_s))
+                      256 * MIB + 2 * per_kib, 256 * MIB + 2 * per_kib, 4, True, Ideal(rate_kib_s))
         for i in range(n)
     ]
     host = SimulatedHost(0, doms, clock=RealClock())

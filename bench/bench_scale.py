@@ -60,7 +60,7 @@ ENGINE_CASES = [(10, 100, 1), (10, 10, 1), (100, 10, 10), (1000, 1, 1), (10000, 
 
 def ideal_domains(n: int, rate_kib_s: int, driver: Any = None) -> list[VirtualDomain]:
     return [VirtualDomain(i + 1, 512 * MIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4, True,
-                      driver if driver is not None else Ideal(rate_kib_s)) for i in range(n)]
+                          driver if driver is not None else Ideal(rate_kib_s)) for i in range(n)]
 
 
 # ---- 1. simulators ---------------------------------------------------------------------

@@ -176,15 +176,15 @@ def test_is_unbalanced() -> None:
     cfg = EngineConfig(reserve_kib=8 * MIB, tolerance_kib=512)
     # a guest below its dynamic_max and free memory to give: unbalanced
     low = VirtualDomain(1, 100 * MIB, 2000 * MIB, 1000 * MIB, 1000 * MIB, 2000 * MIB,
-                    driver=Ideal(100 * MIB))
+                        driver=Ideal(100 * MIB))
     assert ops.is_unbalanced(SimulatedHost(500 * MIB, [low]), cfg) is True
     # everything at dynamic_max: nothing to change
     full = VirtualDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                     driver=Ideal(100 * MIB))
+                         driver=Ideal(100 * MIB))
     assert ops.is_unbalanced(SimulatedHost(500 * MIB, [full]), cfg) is False
     # free memory already at the reserve, maxmem at the target: balanced
     settled = VirtualDomain(1, 100 * MIB, 2000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                        inaccuracy_kib=0, driver=Ideal(100 * MIB))
+                            inaccuracy_kib=0, driver=Ideal(100 * MIB))
     assert ops.is_unbalanced(SimulatedHost(8 * MIB, [settled]), cfg) is False
     # ... but a maxmem above the target is something to write
     assert ops.is_unbalanced(SimulatedHost(8 * MIB, [low]), cfg) is True
@@ -192,14 +192,14 @@ def test_is_unbalanced() -> None:
 
 def test_balance_gives_free_memory_to_guests() -> None:
     low = VirtualDomain(1, 100 * MIB, 2000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                    inaccuracy_kib=0, driver=Ideal(100 * MIB))
+                        inaccuracy_kib=0, driver=Ideal(100 * MIB))
     host = RecordingHost(508 * MIB, [low])
     stats = ops.balance(host, EngineConfig(reserve_kib=8 * MIB))
     # all but the reserve goes to the guest: maxmem raised first, then the target
     assert host.calls == [("maxmem", 1, 1500 * MIB), ("target", 1, 1500 * MIB)]
     assert stats is not None and (stats.targets_written, stats.maxmem_written) == (1, 1)
     full = VirtualDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                     inaccuracy_kib=0, driver=Ideal(100 * MIB))
+                         inaccuracy_kib=0, driver=Ideal(100 * MIB))
     idle = RecordingHost(508 * MIB, [full])
     ops.balance(idle, EngineConfig(reserve_kib=8 * MIB))
     assert idle.calls == []  # every guest at dynamic_max: nothing to write
@@ -298,7 +298,7 @@ def test_flagged_guest_at_dynamic_min_is_not_blamed() -> None:
 
 def test_balance_logs_and_never_gives_back(caplog) -> None:
     full = VirtualDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                     inaccuracy_kib=0, driver=Ideal(100 * MIB))
+                         inaccuracy_kib=0, driver=Ideal(100 * MIB))
     with caplog.at_level(logging.DEBUG, logger="squeezed.engine"):
         assert ops.balance(SimulatedHost(508 * MIB, [full]), EngineConfig(reserve_kib=8 * MIB)) \
             is None
@@ -330,9 +330,9 @@ def test_two_phase_frees_before_it_allocates() -> None:
     # no free memory; A holds 1500 MiB, B 500 MiB, both min 100 max 2000: the
     # balanced shares are 1000 MiB each. A must free 500 before B may grow.
     a = VirtualDomain(1, 100 * MIB, 2000 * MIB, 1500 * MIB, 1500 * MIB, 1500 * MIB,
-                  inaccuracy_kib=0, driver=Ideal(100 * MIB))
+                      inaccuracy_kib=0, driver=Ideal(100 * MIB))
     b = VirtualDomain(2, 100 * MIB, 2000 * MIB, 500 * MIB, 500 * MIB, 500 * MIB,
-                  inaccuracy_kib=0, driver=Ideal(100 * MIB))
+                      inaccuracy_kib=0, driver=Ideal(100 * MIB))
     host = RecordingHost(0, [a, b])
     ops.balance(host, EngineConfig(reserve_kib=0))
     assert host.calls == [("target", 1, 1000 * MIB), ("maxmem", 1, 1000 * MIB),
@@ -348,7 +348,7 @@ def test_ideal_share_of_a_new_domain() -> None:
     # is shared in proportion to the ranges (900 and 400 MiB): the newcomer
     # gets 100 + 400 * 900 / 1300 MiB.
     host = SimulatedHost(0, [VirtualDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                                       1000 * MIB, inaccuracy_kib=0)])
+                                           1000 * MIB, inaccuracy_kib=0)])
     expected_kib = 100 * MIB + 400 * MIB * 900 // 1300
     got = ops.ideal_new_domain_kib(host.snapshot(), EngineConfig(reserve_kib=0), 100 * MIB,
                                    500 * MIB)

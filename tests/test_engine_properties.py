@@ -76,7 +76,7 @@ def domains(draw, domid: int):
         return VirtualDomain(domid, dmin, dmax, target, target, target, inacc, False, Stuck())
     actual = draw(st.integers(max(0, target - inacc), target + inacc))
     return VirtualDomain(domid, dmin, dmax, target, actual, max(target, actual), inacc, True,
-                     draw(drivers(dmin, actual)))
+                         draw(drivers(dmin, actual)))
 
 
 @st.composite
@@ -213,7 +213,7 @@ def test_failure_is_fast_when_impossible(host_spec, kib):
        st.integers(0, 20000))
 def test_ideal_drivers_always_succeed_when_possible(specs, kib):
     doms = [VirtualDomain(i + 1, dmin, dmin + rng, dmin + rng, dmin + rng, dmin + rng, 4, True,
-                      Ideal(rate))
+                          Ideal(rate))
             for i, (dmin, rng, rate) in enumerate(specs)]
     # Surely possible: even if every driver stops a full inaccuracy short.
     sure = kib == 0 or sum(d.min_freeable_kib for d in (x.to_engine() for x in doms)) >= kib

@@ -29,9 +29,9 @@ def dom(domid: int, actual: int, *, dmin: int | None = None, target: int | None 
         can_balloon: bool = True, driver=None) -> VirtualDomain:
     target = actual if target is None else target
     return VirtualDomain(domid=domid, dynamic_min_kib=actual if dmin is None else dmin,
-                     dynamic_max_kib=max(actual, target), target_kib=target, actual_kib=actual,
-                     maxmem_kib=max(actual, target), can_balloon=can_balloon,
-                     driver=driver if driver is not None else Ideal(1 << 20))
+                         dynamic_max_kib=max(actual, target), target_kib=target, actual_kib=actual,
+                         maxmem_kib=max(actual, target), can_balloon=can_balloon,
+                         driver=driver if driver is not None else Ideal(1 << 20))
 
 
 def make(free_kib: int, domains=(), **cfg) -> tuple[MemoryService, SimulatedHost]:

@@ -13,8 +13,8 @@ RESERVE_KIB = 8 * 1024
 
 def guest(domid: int, actual_kib: int, min_kib: int) -> VirtualDomain:
     return VirtualDomain(domid=domid, dynamic_min_kib=min_kib, dynamic_max_kib=actual_kib,
-                     target_kib=actual_kib, actual_kib=actual_kib, maxmem_kib=actual_kib,
-                     driver=Ideal(1 << 20))
+                         target_kib=actual_kib, actual_kib=actual_kib, maxmem_kib=actual_kib,
+                         driver=Ideal(1 << 20))
 
 
 def service(free_kib: int = GIB_KIB, guests: int = 2) -> tuple[MemoryService, SimulatedHost]:
