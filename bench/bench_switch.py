@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from rpc_fake import FakeService  # noqa: E402
 
 from squeezed.rpc.client import MemoryClient  # noqa: E402
+from squeezed.rpc.codec import JsonCodec  # noqa: E402
 from squeezed.rpc.dispatch import Dispatcher  # noqa: E402
-from squeezed.rpc.server import JsonRpcServer, _JsonCodec  # noqa: E402
+from squeezed.rpc.server import JsonRpcServer  # noqa: E402
 from squeezed.sim.xenhost.switch import SimulatedSwitch  # noqa: E402
 from squeezed.switch.client import SwitchClient, SwitchMemoryClient  # noqa: E402
 from squeezed.switch.server import SwitchServer  # noqa: E402
@@ -46,7 +47,7 @@ def main() -> None:
     d = tempfile.mkdtemp(prefix="sqzb-", dir="/tmp")
     fake = FakeService()
     dispatcher = Dispatcher(fake)
-    codec = _JsonCodec(dispatcher)
+    codec = JsonCodec(dispatcher)
     with SimulatedSwitch(f"{d}/switch"), JsonRpcServer(f"{d}/memory.json", dispatcher):
         server = SwitchServer(f"{d}/switch", lambda b: codec.handle(b.encode()).decode())
         stop = threading.Event()

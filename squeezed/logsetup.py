@@ -32,7 +32,7 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from logging.handlers import SysLogHandler
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from squeezed import debuginfo
 
@@ -152,6 +152,32 @@ def _is_socket(path: str) -> bool:
         return False
 
 
+class LogTarget(NamedTuple):
+    kind: str  # "syslog" or "stderr"
+    facility: str  # the syslog facility (unused for stderr)
+    ident: str  # the syslog identifier
+
+
+def log_target(log: str, facility: str = DEFAULT_FACILITY) -> LogTarget:
+    """What the ``log`` and ``log-facility`` settings mean; the one reading of them.
+
+    ``log`` is ``"stderr"``, ``"syslog"`` or ``"syslog:NAME"``: a facility name as NAME
+    overrides `facility` (``syslog:local5``), any other NAME is the syslog identifier
+    (upstream's shipped ``log=syslog:squeezed``). Raises ValueError for anything else.
+    """
+    kind, _, suffix = log.partition(":")
+    ident = IDENT
+    if kind == "syslog" and suffix in SysLogHandler.facility_names:
+        facility = suffix
+    elif kind == "syslog" and suffix:
+        ident = debuginfo.escape(suffix)[:32]
+    if kind not in ("syslog", "stderr"):
+        raise ValueError(f"unknown log target {kind!r}; expected syslog or stderr")
+    if kind == "syslog" and facility not in SysLogHandler.facility_names:
+        raise ValueError(f"unknown syslog facility {facility!r}")
+    return LogTarget(kind, facility, ident)
+
+
 def setup_logging(
     target: str = "syslog",
     level: str = "info",
@@ -163,26 +189,16 @@ def setup_logging(
 ) -> logging.Handler:
     """Route the root logger to `target` at `level`; returns the handler installed.
 
-    `target` is the ``log`` configuration value: ``"stderr"``, ``"syslog"`` or
-    ``"syslog:NAME"``, where a facility name as NAME overrides `facility`, and any
-    other NAME (upstream's shipped ``syslog:squeezed``) is the syslog identifier.
+    `target` and `facility` are the ``log`` and ``log-facility`` configuration values,
+    read by `log_target`.
     Replaces any handler a previous call installed, so it is safe to call again
     (after daemonizing, on reload).
     """
     numeric_level = _level(level)
-    target, _, suffix = target.partition(":")
-    ident = IDENT
-    if target == "syslog" and suffix in SysLogHandler.facility_names:
-        facility = suffix
-    elif target == "syslog" and suffix:
-        ident = debuginfo.escape(suffix)[:32]
-    if target not in ("syslog", "stderr"):
-        raise ValueError(f"unknown log target {target!r}; expected syslog or stderr")
+    target, facility, ident = log_target(target, facility)
     out = sys.stderr if stream is None else stream
     fallback: str | None = None
     handler: logging.Handler
-    if target == "syslog" and facility not in SysLogHandler.facility_names:
-        raise ValueError(f"unknown syslog facility {facility!r}")
     if target == "syslog" and not _is_socket(syslog_address):
         # SysLogHandler would accept a missing socket silently and then print a traceback
         # for every message; say so once and use stderr instead.

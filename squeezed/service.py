@@ -8,16 +8,14 @@ the backend (xenstore on a real host), so a restarted daemon finds it whole.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import os
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from squeezed import __version__, debuginfo
 from squeezed.backend import Backend, Reservation
@@ -34,18 +32,19 @@ from squeezed.errors import (
     UnknownReservation,
 )
 from squeezed.fifolock import FifoLock
+from squeezed.initial_free import InitialFreeMemory
 from squeezed.stats import OperationStats
 from squeezed.switch.exactly_once import new_reservation_id
 
 log = logging.getLogger("squeezed.service")
 
-DEFAULT_SESSION = "default"  # the session of the sessionless Memory.* dialect
 INT64_MAX = 2**63 - 1
 # xenstore's node-name rules (xenstored's valid characters), with a length
 # bound of our own: session and reservation ids become path components.
 _NODE_NAME = re.compile(r"[A-Za-z0-9_@-]{1,256}")
 # get_host_initial_free_memory waits this long for the boot-time measurement.
 INITIAL_FREE_WAIT_S = 120.0
+_R = TypeVar("_R")  # what an operation run under the squeezing lock gives back
 _DOMAIN_STATE_FIELDS = ("domid", "can_balloon", "dynamic_min_kib", "target_kib", "dynamic_max_kib",
                         "memory_actual_kib", "memory_max_kib", "name", "flags")
 # Backend facts (XenHost.describe) passed on in get_state's host struct when present.
@@ -73,82 +72,6 @@ class Dom0Policy:
     manage: bool = False
     dynamic_min_bytes: int = 1 << 30
     dynamic_max_bytes: int | None = None  # None: its current allocation ("auto")
-
-
-class InitialFreeMemory:
-    """get_host_initial_free_memory's value: measured once at start-up when
-    host free memory is stable, persisted, and awaited by callers."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._known = threading.Event()
-        self._bytes: int | None = None
-        self._aborted = False
-
-    def load_persisted(self) -> bool:
-        try:
-            with open(self.path) as f:
-                self.set(int(f.read().strip()), persist=False)
-            return True
-        except (OSError, ValueError):
-            return False
-
-    def set(self, value_bytes: int, persist: bool = True) -> None:
-        """Record the measurement. A file that cannot be written (full or
-        read-only file system) is logged once; the value is kept in memory
-        and answered all the same."""
-        self._bytes = value_bytes
-        self._known.set()
-        if not persist:
-            return
-        tmp = f"{self.path}.tmp"
-        try:
-            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            with open(tmp, "w") as f:
-                f.write(str(value_bytes))
-            os.replace(tmp, self.path)
-        except OSError as e:
-            log.error("cannot record boot-time host free memory in %s: %s; keeping %d bytes"
-                      " in memory (a restarted squeezed will measure again)",
-                      self.path, e, value_bytes)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-    def abort(self) -> None:
-        """Shutting down: callers waiting for the measurement get an error."""
-        self._aborted = True
-        self._known.set()
-
-    def get(self, timeout_s: float | None = None) -> int:
-        if not self._known.wait(timeout_s):
-            raise InternalError("host initial free memory not yet measured")
-        if self._bytes is None:
-            assert self._aborted
-            raise InternalError("squeezed is shutting down; host initial free memory unknown")
-        return self._bytes
-
-    @property
-    def known(self) -> bool:
-        return self._known.is_set()
-
-
-def measure_stable(
-    sample_bytes: Callable[[], int],
-    count: int,
-    interval_s: float,
-    sleep: Callable[[float], None] = time.sleep,
-    tolerance_bytes: int = 1 << 20,
-) -> int:
-    """Sample until `count` consecutive samples agree within 1 MiB."""
-    last: int | None = None
-    same = 0
-    while True:
-        v = sample_bytes()
-        same = same + 1 if last is not None and abs(v - last) <= tolerance_bytes else 1
-        last = v
-        if same >= count:
-            return v
-        sleep(interval_s)
 
 
 @dataclass
@@ -200,7 +123,7 @@ class MemoryService:
 
     # -- helpers -----------------------------------------------------------
 
-    def _record(self, op: str, dbg: str, **args: Any) -> _OpRecord:
+    def _record(self, op: str, dbg: str, **args: object) -> _OpRecord:
         rec = _OpRecord(time.time(), op, debuginfo.show(dbg),
                         " ".join(f"{k}={debuginfo.escape(str(v))}" for k, v in args.items()))
         with self._history_lock:
@@ -213,7 +136,7 @@ class MemoryService:
         rec.elapsed_s = time.monotonic() - rec.started_mono
         self.stats.observe(rec.op, outcome, rec.elapsed_s)
 
-    def _squeeze(self, op: str, dbg: str, fn: Callable[[OpStats], Any], **args: Any) -> Any:
+    def _squeeze(self, op: str, dbg: str, fn: Callable[[OpStats], _R], **args: object) -> _R:
         rec = self._record(op, dbg, **args)
         t0 = time.monotonic()
         st = OpStats()
@@ -435,7 +358,7 @@ class MemoryService:
             raise InternalError("host initial free memory is not measured by this squeezed")
         return self.initial_free.get(INITIAL_FREE_WAIT_S)
 
-    def get_domain_zero_policy(self, dbg: str) -> tuple[str, Any]:
+    def get_domain_zero_policy(self, dbg: str) -> tuple[str, int | tuple[int, int]]:
         total_bytes = self.dom0_total_bytes() if self.dom0_total_bytes else None
         if self.dom0.manage:
             # "auto": domain 0's current total, as upstream answers

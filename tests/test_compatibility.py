@@ -222,7 +222,7 @@ def _file_format(tmp_path_factory=None) -> None:
     assert loaded.config.pidfile == "/var/run/squeezed.pid"
     assert loaded.config.balance_check_interval_s == 10.0
     assert loaded.config.loglevel == "debug"
-    assert loaded.config.log_target == "syslog"
+    assert logsetup.log_target(loaded.config.log, loaded.config.log_facility).kind == "syslog"
 
 
 @check("Single-dash command line (`-config F`, `-pidfile P`, `-key value`, `-key=value`)")
@@ -242,7 +242,7 @@ def _single_dash() -> None:
 
 @check("Default syslog facility")
 def _facility() -> None:
-    assert c.DEFAULTS.syslog_facility == "local5"
+    assert logsetup.log_target(c.DEFAULTS.log, c.DEFAULTS.log_facility).facility == "local5"
     assert logsetup.DEFAULT_FACILITY == "local5"
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from squeezed import config as c
 from squeezed.config import DEFAULTS, KEYS, ConfigError, Origin, load
+from squeezed.logsetup import log_target
+from squeezed.xen.xenstore import XenstoreClient, default_socket_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,7 +185,8 @@ def test_upstream_shipped_file_loads(tmp_path: Path) -> None:
         "# domain-zero-dynamic-max = auto\n"
     )
     cfg, _, warnings, _ = _load(tmp_path, main=main)
-    assert cfg.log_target == "syslog" and cfg.syslog_facility == "local5"  # upstream's
+    # upstream's: "squeezed" is the syslog identifier, the facility stays local5
+    assert log_target(cfg.log, cfg.log_facility) == ("syslog", "local5", "squeezed")
     assert cfg.balance_check_interval_s == 10.0
     conf = tmp_path / "squeezed.conf"
     assert warnings == [
@@ -214,9 +217,10 @@ def test_upstream_single_dash_command_line(tmp_path: Path) -> None:
 
 def test_log_syslog_facility_suffix(tmp_path: Path) -> None:
     cfg, _, warnings, _ = _load(tmp_path, ["--log", "syslog:local5", "--log-facility", "user"])
-    assert (cfg.log_target, cfg.syslog_facility, warnings) == ("syslog", "local5", [])
+    assert warnings == []
+    assert log_target(cfg.log, cfg.log_facility)[:2] == ("syslog", "local5")
     cfg, _, _, _ = _load(tmp_path, ["--log=stderr"])
-    assert cfg.log_target == "stderr"
+    assert log_target(cfg.log, cfg.log_facility).kind == "stderr"
 
 
 # --- warnings ---
@@ -500,11 +504,14 @@ def test_engine_config_matches_engine() -> None:
     assert DEFAULTS.engine_config() == EngineConfig()
 
 
-def test_xenstored_socket_path() -> None:
-    assert DEFAULTS.xenstored_socket_path({}) == "/var/run/xenstored/socket"
-    assert DEFAULTS.xenstored_socket_path({"XENSTORED_PATH": "/x"}) == "/x"
-    cfg = dataclasses.replace(DEFAULTS, xenstored_socket="/y")
-    assert cfg.xenstored_socket_path({"XENSTORED_PATH": "/x"}) == "/y"
+def test_xenstored_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Empty by default: the xenstore client decides, the one place that does.
+    assert DEFAULTS.xenstored_socket == ""
+    assert default_socket_path({}) == "/var/run/xenstored/socket"
+    assert default_socket_path({"XENSTORED_PATH": "/x"}) == "/x"
+    monkeypatch.setenv("XENSTORED_PATH", "/x")
+    assert XenstoreClient(DEFAULTS.xenstored_socket or None).path == "/x"
+    assert XenstoreClient("/y").path == "/y"
 
 
 # --- the shipped files agree with the code ---

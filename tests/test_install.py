@@ -24,7 +24,10 @@ INSTALLED = [
     "usr/share/man/man1/squeezectl.1",
     "usr/share/bash-completion/completions/squeezectl",
     "usr/lib/squeezed/squeezed/__init__.py",
-    "usr/lib/squeezed/squeezed/config.py",
+    "usr/lib/squeezed/squeezed/config/__init__.py",
+    "usr/lib/squeezed/squeezed/config/keys.py",
+    "usr/lib/squeezed/squeezed/daemon/__init__.py",
+    "usr/lib/squeezed/squeezed/daemon/__main__.py",
 ]
 
 
@@ -77,8 +80,6 @@ def test_install_and_uninstall(tmp_path: Path) -> None:
                        text=True, timeout=60)
     assert r.returncode == 0 and "top" in r.stdout, r.stderr
 
-    if not (ROOT / "squeezed" / "daemon.py").exists():
-        pytest.skip("squeezed/daemon.py does not exist yet: cannot run squeezed --version")
     r = subprocess.run([str(dest / "usr/sbin/squeezed"), "--version"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -1,5 +1,6 @@
 """CI enforces what `make lint` checks: ruff over the tree and mypy over the
-package (plain everywhere, strict for the engine and the interface's errors:
+package (plain everywhere, strict for the engine, the interface's errors, rpc/, switch/,
+the service, the configuration and the program:
 see [tool.mypy] in pyproject.toml). Both are in the test extra."""
 
 from __future__ import annotations

@@ -419,7 +419,7 @@ def test_set_log_level() -> None:
 
 
 def test_measure_stable() -> None:
-    from squeezed.service import measure_stable
+    from squeezed.initial_free import measure_stable
 
     tol = 1 << 20
     samples = iter([0, 10 * tol, 11 * tol, 11 * tol + 1, 12 * tol + 1, 99])
@@ -441,7 +441,7 @@ def test_initial_free_memory(tmp_path) -> None:
     import os
     import stat
 
-    from squeezed.service import InitialFreeMemory
+    from squeezed.initial_free import InitialFreeMemory
 
     svc, _ = make(0)
     with pytest.raises(InternalError) as e:
@@ -479,7 +479,7 @@ def test_initial_free_memory(tmp_path) -> None:
 
 
 def test_unwritable_boot_time_file_is_logged_once_with_the_value(tmp_path, caplog) -> None:
-    from squeezed.service import InitialFreeMemory
+    from squeezed.initial_free import InitialFreeMemory
 
     (tmp_path / "f").write_text("")
     path = tmp_path / "f" / "boot_time_memory"
@@ -548,7 +548,7 @@ def test_balancer_step_passes_its_host_and_config(monkeypatch) -> None:
 
 def test_initial_free_memory_wait_is_bounded(monkeypatch) -> None:
     import squeezed.service as service_mod
-    from squeezed.service import InitialFreeMemory
+    from squeezed.initial_free import InitialFreeMemory
 
     monkeypatch.setattr(service_mod, "INITIAL_FREE_WAIT_S", 0.01)
     svc, _ = make(0)
@@ -571,7 +571,7 @@ def test_a_domain_without_flags_shows_a_dash() -> None:
 
 
 def test_loading_the_persisted_value_does_not_rewrite_it(tmp_path) -> None:
-    from squeezed.service import InitialFreeMemory
+    from squeezed.initial_free import InitialFreeMemory
 
     path = tmp_path / "boot_time_memory"
     path.write_text(" 77\n")
@@ -599,3 +599,21 @@ def test_failures_after_abandon_say_shutting_down(monkeypatch) -> None:
     monkeypatch.setattr(ops, "reserve", lambda *a, **kw: 1 / 0)
     with pytest.raises(InternalError, match="shutting down"):
         svc.reserve_memory("t", "s", 1)
+
+
+def test_initial_free_memory_is_recorded_before_it_is_answered(tmp_path, monkeypatch) -> None:
+    # A caller who has the value finds it in the file (tests/test_daemon.py reads both).
+    from squeezed.initial_free import InitialFreeMemory
+
+    initial = InitialFreeMemory(str(tmp_path / "boot_time_memory"))
+    persist = initial._persist
+    answered_while_writing = []
+
+    def spy(value_bytes: int) -> None:
+        answered_while_writing.append(initial.known)
+        persist(value_bytes)
+
+    monkeypatch.setattr(initial, "_persist", spy)
+    initial.set(5 << 30)
+    assert answered_while_writing == [False]
+    assert initial.get(0) == 5 << 30 == int((tmp_path / "boot_time_memory").read_text())

@@ -16,8 +16,8 @@ import pytest
 from rpc_fake import FakeService
 from test_wire_golden import ERROR_GOLDEN, GOLDEN, JSON_CALL, JSON_FAIL, JSON_OK, Case, _ids
 
+from squeezed.rpc.codec import JsonCodec
 from squeezed.rpc.dispatch import Dispatcher
-from squeezed.rpc.server import _JsonCodec
 from squeezed.sim.xenhost.switch import SimulatedSwitch
 from squeezed.supervisor import Heartbeats
 from squeezed.switch import protocol as p
@@ -30,7 +30,7 @@ Q = p.QUEUE_NAME
 class Serving:
     def __init__(self, path: str, service=None, **kw) -> None:
         self.fake = service or FakeService()
-        codec = _JsonCodec(Dispatcher(self.fake))
+        codec = JsonCodec(Dispatcher(self.fake))
         self.server = SwitchServer(
             path, lambda body: codec.handle(body.encode()).decode(), **kw)
         self.stop = threading.Event()

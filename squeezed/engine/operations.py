@@ -66,30 +66,24 @@ class EngineConfig:
 class OpStats:
     iterations: int = 0
     elapsed_s: float = 0.0
-    targets_written: int = 0
-    maxmem_written: int = 0
 
 
 def _clamp(lo: int, hi: int, v: int) -> int:
     return max(lo, min(hi, v))
 
 
-def _write(io: HostIO, d: Domain, target_kib: int, maxmem_kib: int, stats: OpStats) -> None:
+def _write(io: HostIO, d: Domain, target_kib: int, maxmem_kib: int) -> None:
     """Move target and maxmem so that maxmem >= target holds at every instant:
     raise maxmem before raising the target, lower the target before maxmem."""
     if target_kib > d.target_kib:
         if maxmem_kib != d.memory_max_kib:
             io.set_maxmem(d.domid, maxmem_kib)
-            stats.maxmem_written += 1
         io.set_target(d.domid, target_kib)
-        stats.targets_written += 1
     else:
         if target_kib != d.target_kib:
             io.set_target(d.domid, target_kib)
-            stats.targets_written += 1
         if maxmem_kib != d.memory_max_kib:
             io.set_maxmem(d.domid, maxmem_kib)
-            stats.maxmem_written += 1
 
 
 def change_host_free_memory(
@@ -222,12 +216,12 @@ def _apply(io: HostIO, host: Host, dec: Decision, stats: OpStats) -> None:
         m = _clamp(d.dynamic_min_kib, d.dynamic_max_kib, min(d.target_kib, d.memory_actual_kib))
         log.info("domain %d declared inactive (%s); maxmem %d KiB", d.domid,
                  "flagged uncooperative" if d.uncooperative else "stuck balloon driver", m)
-        _write(io, d, min(d.target_kib, m), m, stats)
+        _write(io, d, min(d.target_kib, m), m)
     for domid in dec.active:
         d = by_id[domid]
         t = new_targets.get(domid, d.target_kib)
         if t != d.target_kib or d.memory_max_kib != t:
-            _write(io, d, t, t, stats)
+            _write(io, d, t, t)
     # The line costs ~2 us a domain to format: only when it will be seen.
     if (dec.actions or dec.declared_inactive) and log.isEnabledFor(logging.INFO):
         log.info(

@@ -35,21 +35,20 @@ class TypeMismatch(ValueError):
     """A value does not fit its IDL type (the message says why)."""
 
 
-def _short(v: Any) -> str:
+def _short(v: object) -> str:
     r = repr(v)
     return r if len(r) <= 80 else r[:77] + "..."
 
 
-def _to_int(v: Any, lo: int, hi: int, tname: str) -> int:
+def _to_int(v: object, lo: int, hi: int, tname: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int | str):
         raise TypeMismatch(f"must be an {tname}, got {_short(v)}")
-    if isinstance(v, str):
-        if not _DECIMAL.fullmatch(v):
-            raise TypeMismatch(f"must be an {tname}, got {_short(v)}")
-        v = int(v)
-    if not lo <= v <= hi:
-        raise TypeMismatch(f"is out of {tname} range: {v}")
-    return v
+    if isinstance(v, str) and not _DECIMAL.fullmatch(v):
+        raise TypeMismatch(f"must be an {tname}, got {_short(v)}")
+    n = int(v)
+    if not lo <= n <= hi:
+        raise TypeMismatch(f"is out of {tname} range: {n}")
+    return n
 
 
 def convert_param(ptype: str, v: Any) -> Any:
@@ -207,13 +206,14 @@ def unmarshal(iface: idl.Interface, t: idl.TypeExpr, v: Any) -> Any:
 class Dispatcher:
     """Calls `service.<operation>(...)` for each IDL method.
 
-    The service has one Python method per operation (see `operations()`), and
-    raises `MemoryInterfaceError` subclasses; any other exception is logged with its
+    The service has one Python method per operation (see `operations()`), found by
+    name at run time from the IDL (hence typed `object`: no static protocol names
+    them), and raises `MemoryInterfaceError` subclasses; any other exception is logged with its
     traceback and becomes `Internal_error` carrying its message.
     """
 
     def __init__(
-        self, service: Any, interface: idl.Interface | None = None, *, strict: bool = True
+        self, service: object, interface: idl.Interface | None = None, *, strict: bool = True
     ) -> None:
         self.service = service
         self.interface = interface if interface is not None else idl.load()

@@ -46,8 +46,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from squeezed.errors import InternalError, MemoryInterfaceError
-from squeezed.rpc import CodecError, framing, jsonrpc, xmlrpc
+from squeezed.rpc import framing
+from squeezed.rpc.codec import JsonCodec, Undo, XmlCodec
 from squeezed.rpc.dispatch import Dispatcher
 from squeezed.supervisor import Heartbeats
 
@@ -68,79 +68,6 @@ DEFAULT_SLOT_WAIT_S = 60.0
 
 class SocketInUseError(RuntimeError):
     """Another live server owns the socket path (or it is not a socket)."""
-
-
-# ------------------------------------------------------------------ codecs
-
-Undo = Callable[[], None] | None  # gives back what a call made, if its reply is lost
-
-
-class _XmlCodec:
-    content_type = "text/xml"
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
-
-    def failure(self, message: str, rid: Any = None) -> bytes:
-        return xmlrpc.encode_failure(InternalError(message).wire())
-
-    def handle(self, body: bytes) -> bytes:
-        return self.handle_undoable(body)[0]
-
-    def handle_undoable(self, body: bytes) -> tuple[bytes, Undo]:
-        try:
-            method, params = xmlrpc.parse_call(body)
-        except CodecError as e:
-            log.info("malformed XML-RPC request: %s", e)
-            return self.failure(f"malformed request: {e}"), None
-        undo: Undo = None
-        try:
-            result, undo = self.dispatcher.call_undoable(method, params)
-            return xmlrpc.encode_success(result), undo
-        except MemoryInterfaceError as e:
-            log.debug("%s -> %s", method, e.wire())
-            try:
-                return xmlrpc.encode_failure(e.wire()), None
-            except CodecError as ce:
-                return self.failure(f"cannot encode error {e.name}: {ce}"), None
-        except CodecError as e:
-            if undo is not None:
-                undo()
-            return self.failure(f"cannot encode result: {e}"), None
-
-
-class _JsonCodec:
-    content_type = "application/json"
-
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self.dispatcher = dispatcher
-
-    def failure(self, message: str, rid: Any = None) -> bytes:
-        return jsonrpc.encode_failure(InternalError(message).wire(), rid)
-
-    def handle(self, body: bytes) -> bytes:
-        return self.handle_undoable(body)[0]
-
-    def handle_undoable(self, body: bytes) -> tuple[bytes, Undo]:
-        try:
-            method, params, rid = jsonrpc.parse_call(body)
-        except CodecError as e:
-            log.info("malformed JSON-RPC request: %s", e)
-            return self.failure(f"malformed request: {e}"), None
-        undo: Undo = None
-        try:
-            result, undo = self.dispatcher.call_undoable(method, params)
-            return jsonrpc.encode_success(result, rid), undo
-        except MemoryInterfaceError as e:
-            log.debug("%s -> %s", method, e.wire())
-            try:
-                return jsonrpc.encode_failure(e.wire(), rid), None
-            except CodecError as ce:
-                return self.failure(f"cannot encode error {e.name}: {ce}", rid), None
-        except CodecError as e:
-            if undo is not None:
-                undo()
-            return self.failure(f"cannot encode result: {e}", rid), None
 
 
 # ------------------------------------------------------------------ I/O bits
@@ -418,7 +345,7 @@ def _claim(path: str) -> None:
 class RpcServer:
     """One listening Unix socket serving the Memory interface."""
 
-    codec_class: type[_XmlCodec] | type[_JsonCodec] = _XmlCodec
+    codec_class: type[XmlCodec] | type[JsonCodec] = XmlCodec
     raw_json = False
 
     def __init__(
@@ -521,12 +448,12 @@ class RpcServer:
 class XmlRpcServer(RpcServer):
     """XML-RPC (ocaml-rpc dialect) on a Unix socket: the `socket` setting."""
 
-    codec_class = _XmlCodec
+    codec_class = XmlCodec
 
 
 class JsonRpcServer(RpcServer):
     """JSON-RPC on a Unix socket (the `json-socket` setting): HTTP framing, or
     a bare JSON object."""
 
-    codec_class = _JsonCodec
+    codec_class = JsonCodec
     raw_json = True

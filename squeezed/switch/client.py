@@ -207,13 +207,6 @@ class _Waiter:
         return self._value
 
 
-def call(path: str, queue: str, payload: str, timeout_s: float | None = None,
-         **kw: Any) -> str:
-    """One call on a fresh client."""
-    with SwitchClient(path, **kw) as c:
-        return c.rpc(queue, payload, timeout_s)
-
-
 class SwitchMemoryClient:
     """The Memory interface through the switch, as xenopsd and xapi call it
     (Xcp_client.json_switch_rpc): JSON-RPC payloads on `queue`. `call` has

@@ -193,6 +193,8 @@ class ExactlyOnce:
         self._hold = hold  # test hook: called at "before-record"
 
     def __getattr__(self, name: str) -> Any:
+        # Every other operation goes to the service as it is; the dispatcher finds
+        # them by name (the IDL's), so no static type can list them.
         return getattr(self._service, name)
 
     # -- records --------------------------------------------------------------
@@ -215,7 +217,9 @@ class ExactlyOnce:
                "reservation": list(reservation) if reservation else None, **what}
         self.store.put(key, json.dumps(rec, separators=(",", ":")))
 
-    def _replay(self, key: str, rec: dict[str, Any]) -> Any:
+    def _replay(self, key: str, rec: dict[str, Any]) -> object:
+        """The recorded result again (or its error raised). A record holds what its own
+        call returned (written by `_run`), so callers may cast it to that call's type."""
         self.replayed += 1
         log.info("request %s (%s) delivered again: answering its recorded result", key,
                  rec.get("op"))
@@ -273,7 +277,7 @@ class ExactlyOnce:
             return self._service.reserve_memory(dbg, session_id, kib)
         rec = self._load(ident.key)
         if rec is not None:
-            return cast("str", self._replay(ident.key, rec))
+            return cast("str", self._replay(ident.key, rec))  # (this call's own record)
         made = self._made_before(session_id)
         if made is not None:  # made before a crash, never recorded
             return self._run(ident.key, "reserve_memory", (session_id, made.reservation_id),
@@ -289,6 +293,7 @@ class ExactlyOnce:
             return self._service.reserve_memory_range(dbg, session_id, min_kib, max_kib)
         rec = self._load(ident.key)
         if rec is not None:
+            # (this call's own record)
             return cast("tuple[str, int]", self._replay(ident.key, rec))
         made = self._made_before(session_id)
         if made is not None:

@@ -66,7 +66,7 @@ class HungHost:
 
 
 def test_hung_watcher_loop_makes_the_daemon_unhealthy(monkeypatch):
-    import squeezed.daemon as daemon_mod
+    import squeezed.daemon.workers as daemon_mod
     import squeezed.xen.xenstore as xenstore_mod
 
     class NoWatcher:

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from squeezed.errors import InternalError
-from squeezed.service import InitialFreeMemory
+from squeezed.initial_free import InitialFreeMemory
 
 
 def test_unwritable_file_keeps_value_and_logs_once(tmp_path, caplog) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from squeezed.daemon import StartupError, pidfile_lock
+from squeezed.daemon.errors import StartupError
+from squeezed.daemon.pidfile import pidfile_lock
 
 
 def test_pidfile_symlink_is_refused(tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""The squeezed program: configuration, start-up, threads, signals, systemd.
+"""The daemon: its state, start-up order, main loop, signals, reload and shutdown.
 
 Start-up order matters to callers: READY=1 is sent only once the host has
 been read and both sockets accept. Threads (RPC servers, periodic balancer,
@@ -8,8 +8,6 @@ xenstore watcher, boot-time free-memory measurement) run under a supervisor.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import select
@@ -19,31 +17,27 @@ import socket
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from squeezed import __version__, systemd
-from squeezed.config import (
-    Config,
-    ConfigError,
-    Options,
-    Provenance,
-    apply_reloadable,
-    format_config,
-    help_text,
-    load,
-)
-from squeezed.engine.errors import DeadlineExceeded, HostFailed, OperationAbandoned
-from squeezed.errors import InternalError
-from squeezed.logsetup import set_level, setup_logging
-from squeezed.service import Dom0Policy, InitialFreeMemory, MemoryService, measure_stable
+from squeezed.config import Config, ConfigError, Options, Provenance, apply_reloadable, load
+from squeezed.config.keys import Value, with_values
+from squeezed.daemon import serving, workers
+from squeezed.daemon.errors import BadScenario, StartupError, StopDuringStartup
+from squeezed.engine.errors import OperationAbandoned
+from squeezed.initial_free import InitialFreeMemory
+from squeezed.logsetup import set_level
+from squeezed.service import Dom0Policy, MemoryService
 from squeezed.supervisor import Supervisor
 
 if TYPE_CHECKING:  # imported when used: a production start never loads the simulator
+    from squeezed.rpc.server import RpcServer
     from squeezed.sim.xenhost.host import SimulatedXenHost
+    from squeezed.sim.xenhost.switch import SimulatedSwitch
+    from squeezed.switch.server import SwitchServer
     from squeezed.xen.host import XenHost
     from squeezed.xen.xenstore import XenstoreClient
 
@@ -51,68 +45,6 @@ log = logging.getLogger("squeezed")
 
 
 XENSTORED_RETRY_S = 5.0  # as upstream (squeezed_xenstore.ml)
-WATCHER_MAX_SILENCE_S = 120.0
-
-
-class StartupError(Exception):
-    """A fatal start-up problem, reported in one line; exit status 1."""
-
-
-class BadScenario(Exception):
-    """The --simulate scenario file is wrong; exit status 2, like a bad option."""
-
-
-class StopDuringStartup(BaseException):
-    """SIGTERM arrived before the daemon was ready: clean up and exit 0.
-    (A BaseException, so that no `except Exception` on the way swallows it.)"""
-
-
-@contextlib.contextmanager
-def pidfile_lock(path: str | None) -> Iterator[None]:
-    """Hold an exclusive lock on the pidfile for the daemon's lifetime."""
-    if not path:
-        yield
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    try:  # never through a symlink (someone else's file)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise StartupError(f"cannot open pidfile {path}: {e.strerror}"
-                           + (" (a symlink?)" if e.errno == errno.ELOOP else "")) from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        other = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StartupError(
-            f"another squeezed (pid {other}) is running: it holds the lock on {path}"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.close(fd)
-
-
-class PidLockContext:
-    """python-daemon wants a context manager for its pidfile; take the lock
-    after the fork so the pid written is the daemon's."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._cm: contextlib.AbstractContextManager[None] | None = None
-
-    def __enter__(self) -> PidLockContext:
-        self._cm = pidfile_lock(self.path)
-        self._cm.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(*exc)
 
 
 class Daemon:
@@ -127,9 +59,9 @@ class Daemon:
         self.sim: SimulatedXenHost | None = None
         self.host: XenHost | None = None
         self.service: MemoryService | None = None
-        self.servers: list[Any] = []
-        self.switch: Any = None  # the message-switch queue server, with use-switch
-        self.sim_switch: Any = None
+        self.servers: list[RpcServer] = []
+        self.switch: SwitchServer | None = None  # the queue on message-switch (use-switch)
+        self.sim_switch: SimulatedSwitch | None = None
         self.initial: InitialFreeMemory | None = None
         self.ready = False
         self.owns_run_dir = False
@@ -170,7 +102,7 @@ class Daemon:
         from squeezed.xen.xenstore import XenstoreClient
 
         lib = self.cfg.libxenctrl or None
-        xs_path = self.cfg.xenstored_socket_path()
+        xs_path = self.cfg.xenstored_socket or None  # None: the client's default
         if self.opts.simulate is not None:
             from squeezed.sim.xenhost.launch import start_simulated_host
 
@@ -184,7 +116,7 @@ class Daemon:
             raise StartupError(str(e)) from None
         # Fail at once while xenstored is not there; retry every 5 s ourselves.
         xs = self.xs = XenstoreClient(xs_path, reconnect_timeout_s=0.0)
-        self.xs_path = xs_path
+        self.xs_path = xs.path
         self.host = XenHost(
             xc, xs, manage_domain_zero=self.cfg.manage_domain_zero,
             uncooperative_after_s=self.cfg.uncooperative_after_s,
@@ -251,154 +183,45 @@ class Daemon:
         self._start_switch()
 
     def _start_servers(self) -> None:
-        from squeezed.rpc.dispatch import Dispatcher
-        from squeezed.rpc.server import JsonRpcServer, SocketInUseError, XmlRpcServer
-
         assert self.service is not None
-        dispatcher = Dispatcher(self.service)
-        group = self.cfg.socket_group or None
-        for cls, key, name in ((XmlRpcServer, "socket", "memory"),
-                               (JsonRpcServer, "json-socket", "memory.json")):
-            path = self._path(key, name)
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            server = cls(path, dispatcher, mode=self.cfg.socket_mode, group=group,
-                         heartbeats=self.sup.heartbeats)
-            try:
-                server.start()
-            except SocketInUseError as e:
-                raise StartupError(str(e)) from None
-            except (OSError, KeyError) as e:  # KeyError: no such socket-group
-                raise StartupError(f"cannot listen on {path}: {e}") from None
-            self.servers.append(server)
+        serving.start_rpc_servers(
+            self.service, self.cfg, self._path("socket", "memory"),
+            self._path("json-socket", "memory.json"), self.sup.heartbeats, self.servers)
 
     def _start_switch(self) -> None:
         """Serve the queue on message-switch, beside the sockets (use-switch)."""
         if not self.cfg.use_switch:
             return
-        from squeezed.rpc.dispatch import Dispatcher
-        from squeezed.rpc.server import _JsonCodec
-        from squeezed.switch.exactly_once import ExactlyOnce, RecordStoreError, XenstoreRecords
-        from squeezed.switch.server import SwitchServer
-
-        assert self.service is not None
+        assert self.service is not None and self.xs is not None
         path = self._path("switch-path", "switch")
         if self.opts.simulate is not None and not self._explicit("switch-path"):
             from squeezed.sim.xenhost.switch import SimulatedSwitch
 
             self.sim_switch = SimulatedSwitch(path).start()
-        # Test hook: block a request for ever at this point (before-record, before-reply),
-        # so that a test can kill squeezed there.
-        hold_at = os.environ.get("SQUEEZED_TEST_HOLD_SWITCH")
-
-        def hold(point: str) -> None:
-            if point == hold_at:
-                log.warning("test hook: holding a request at %s", point)
-                threading.Event().wait()
-
-        assert self.xs is not None
-        once = ExactlyOnce(self.service, XenstoreRecords(self.xs), self._xen().reservations,
-                           hold=hold if hold_at else None)
-        codec = _JsonCodec(Dispatcher(once))  # the same dispatcher and codec as json-socket
-        last_prune = [0.0]
-
-        def prune() -> None:
-            now = time.monotonic()
-            if now - last_prune[0] >= 60:
-                last_prune[0] = now
-                try:
-                    dropped = once.prune()
-                except RecordStoreError as e:
-                    log.info("request records not pruned this time: %s", e)
-                    return
-                if dropped:
-                    log.info("dropped %d request records (reservation gone or too old)", dropped)
-
-        self.switch = SwitchServer(
-            path, lambda payload: codec.handle(payload.encode("utf-8")).decode("utf-8"),
-            heartbeats=self.sup.heartbeats, on_idle=prune, hold=hold if hold_at else None)
+        self.switch = serving.switch_server(self.service, self.xs, self._xen().reservations,
+                                            path, self.sup.heartbeats)
         self.sup.spawn("message-switch", self.switch.run)
+
+    # -- the supervised loops (squeezed.daemon.workers) ---------------------
+
+    def _config(self) -> Config:
+        return self.cfg  # read afresh by the loops: SIGHUP may replace it
 
     def _balancer(self, stop: threading.Event) -> None:
         assert self.service is not None
-        # A pass may last up to one whole operation: silent longer, it is hung.
-        beat = self.sup.heartbeats.register(
-            "balancer", self.cfg.balance_check_interval_s + self.cfg.operation_timeout_s + 60.0)
-        try:
-            while not stop.wait(self.cfg.balance_check_interval_s):
-                beat()
-                try:
-                    if self.service.balance_if_unbalanced():
-                        log.info("periodic balancer rebalanced host memory")
-                except (InternalError, HostFailed, DeadlineExceeded) as e:
-                    # the host failed (a refused write), or the deadline passed
-                    log.error("periodic balance failed: %s", e)
-                beat()
-        finally:
-            self.sup.heartbeats.unregister("balancer")
+        workers.balance_periodically(self.service, self._config, self.sup.heartbeats, stop)
 
     def _metrics_textfile(self, stop: threading.Event) -> None:
-        """metrics-textfile: the state in Prometheus text, rewritten every
-        metrics-textfile-interval seconds (both reloadable; empty: idle)."""
-        from squeezed.ctl.metrics import exposition, write_textfile
-
         assert self.service is not None
-        reported = ""
-        try:
-            while True:
-                interval_s = self.cfg.metrics_textfile_interval_s
-                # (re-registered each round: the interval is reloadable)
-                self.sup.heartbeats.register("metrics-textfile", max(60.0, 3 * interval_s))
-                path = self.cfg.metrics_textfile
-                if path:
-                    problem = ""
-                    try:
-                        text = exposition(self.service.get_state("metrics-textfile"))
-                        write_textfile(path, text)
-                    except OSError as e:  # e.g. its directory is missing
-                        # (not str(e): it names the temporary file, new each time)
-                        problem = f"cannot write {path}: {e.strerror or e}"
-                    except InternalError as e:  # the host could not be read
-                        problem = f"cannot read the host: {e.message}"
-                    if problem and problem != reported:  # say so once, keep trying
-                        log.warning("metrics-textfile: %s", problem)
-                    reported = problem
-                if stop.wait(interval_s):
-                    return
-        finally:
-            self.sup.heartbeats.unregister("metrics-textfile")
+        workers.write_metrics_textfile(self.service, self._config, self.sup.heartbeats, stop)
 
     def _watcher(self, stop: threading.Event) -> None:
-        from squeezed.xen.xenstore import Watcher
-
-        # The loop comes round every 0.5 s; a resync of many domains takes longer.
-        beat = self.sup.heartbeats.register("xenstore-watcher", WATCHER_MAX_SILENCE_S)
-        watcher = Watcher(self.xs_path)
-        try:
-            self._xen().run_watcher(watcher, stop, beat)
-        finally:
-            self.sup.heartbeats.unregister("xenstore-watcher")
-            watcher.close()
+        workers.watch_xenstore(self._xen(), self.xs_path, self.sup.heartbeats, stop)
 
     def _measure_initial_free(self, stop: threading.Event) -> None:
         assert self.service is not None and self.service.initial_free is not None
-        initial = self.service.initial_free
-        if initial.known:
-            return
-        systemd.status("measuring boot-time host free memory")
-
-        def sleep(s: float) -> None:
-            if stop.wait(s):
-                raise SystemExit(0)
-
-        value = measure_stable(
-            self._xen().boot_time_free_bytes,
-            self.cfg.boot_time_host_free_memory_minimal_constant_count,
-            self.cfg.boot_time_host_free_memory_check_interval_s,
-            sleep=sleep,
-        )
-        initial.set(value)
-        log.info("boot-time host free memory: %d bytes (recorded in %s)", value, initial.path)
-        systemd.status("serving")
+        workers.measure_initial_free(self.service.initial_free, self._xen().boot_time_free_bytes,
+                                     self.cfg, stop)
 
     def _apply_scenario_settings(self) -> None:
         """A scenario's [host] reserve/tolerance and [engine] table hold on its
@@ -408,17 +231,17 @@ class Daemon:
         from squeezed.sim.scenario import load as load_scenario
 
         sc = load_scenario(self.opts.simulate)
-        changes: dict[str, Any] = {}
+        changes: dict[str, Value] = {}  # by key name
         if not self._explicit("host-reserved-kib"):
-            changes["host_reserved_kib"] = sc.host.reserved_kib
+            changes["host-reserved-kib"] = sc.host.reserved_kib
         if not self._explicit("balance-tolerance-kib"):
-            changes["balance_tolerance_kib"] = sc.host.tolerance_kib
-        for key, attr in (("stuck_after_s", "stuck_after_s"), ("min_poll_s", "poll_min_s"),
-                          ("max_poll_s", "poll_max_s"),
-                          ("uncooperative_after_s", "uncooperative_after_s")):
-            if key in sc.engine and not self._explicit(attr[:-2].replace("_", "-")):
-                changes[attr] = sc.engine[key]
-        self.cfg = replace(self.cfg, **changes)
+            changes["balance-tolerance-kib"] = sc.host.tolerance_kib
+        for engine_key, key in (("stuck_after_s", "stuck-after"), ("min_poll_s", "poll-min"),
+                                ("max_poll_s", "poll-max"),
+                                ("uncooperative_after_s", "uncooperative-after")):
+            if engine_key in sc.engine and not self._explicit(key):
+                changes[key] = sc.engine[engine_key]
+        self.cfg = with_values(self.cfg, changes)
 
     def run(self) -> int:
         if self.opts.simulate is None:
@@ -525,12 +348,12 @@ class Daemon:
 
     # -- signals ----------------------------------------------------------
 
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True
         if not self.ready:
             raise StopDuringStartup()  # interrupts whatever start-up is doing
 
-    def request_reload(self, *_: Any) -> None:
+    def request_reload(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True
 
     def reload(self) -> None:
@@ -589,68 +412,3 @@ class Daemon:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         log.info("squeezed stopped")
         return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg, provenance, warnings, opts = load(argv)
-    except ConfigError as e:
-        print(f"squeezed: {e}", file=sys.stderr)
-        return 2
-    if opts.help:
-        print(help_text(), end="")
-        return 0
-    if opts.version:
-        print(f"squeezed {__version__}")
-        return 0
-    if opts.print_config:
-        for w in warnings:
-            print(f"squeezed: warning: {w}", file=sys.stderr)
-        print(format_config(cfg, provenance), end="")
-        return 0
-    if opts.simulate is not None and provenance["log"].kind == "default":
-        cfg = replace(cfg, log="stderr")  # a simulated host is run by a person at a terminal
-    setup_logging(cfg.log, cfg.loglevel, cfg.log_facility)
-    for w in warnings:
-        log.warning("%s", w)
-    daemon = Daemon(cfg, opts, provenance)
-    pidfile = None if opts.simulate is not None and not daemon._explicit("pidfile") else cfg.pidfile
-    try:
-        if opts.daemon:
-            import daemon as pydaemon  # type: ignore[import-untyped]  # python-daemon
-
-            if not pidfile:
-                raise StartupError("--daemon needs a pidfile")
-            ctx = pydaemon.DaemonContext(
-                pidfile=PidLockContext(pidfile),
-                signal_map={signal.SIGTERM: daemon.request_stop,
-                            signal.SIGHUP: daemon.request_reload},
-                files_preserve=None, working_directory="/",
-            )
-            with pidfile_lock(pidfile):
-                pass  # refuse now, in the foreground, if another instance holds it
-            with ctx:
-                setup_logging(cfg.log, cfg.loglevel, cfg.log_facility)
-                return daemon.run()
-        signal.signal(signal.SIGTERM, daemon.request_stop)
-        signal.signal(signal.SIGINT, daemon.request_stop)
-        signal.signal(signal.SIGHUP, daemon.request_reload)
-        with pidfile_lock(pidfile):
-            return daemon.run()
-    except BadScenario as e:
-        daemon.shutdown()
-        print(f"squeezed: {e}", file=sys.stderr)
-        return 2
-    except StopDuringStartup:
-        log.info("stopped before start-up completed")
-        return daemon.shutdown()
-    except StartupError as e:
-        daemon.shutdown()
-        log.error("%s", e)
-        print(f"squeezed: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
