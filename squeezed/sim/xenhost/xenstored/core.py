@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from squeezed.sim.xenhost.xenstored.handlers import HANDLERS
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_TRANSACTIONS_PER_CONN = 64
 
-# A transaction's deferred changes, replayed on commit: (method, path, argument...)
-TxnOp = tuple[str, str] | tuple[str, str, object]
+# A transaction's deferred change, replayed on the committed tree at commit
+TxnOp = Callable[["XenstoreCore"], None]
 
 
 @dataclass(slots=True)
@@ -178,9 +179,9 @@ class XenstoreCore:
                 raise XsError("EAGAIN")
         # Nothing the transaction depended on moved: replaying its operations in
         # order reproduces its view, and fires the watches it deferred.
-        for op, path, *arg in txn.ops:
+        for op in txn.ops:
             try:
-                getattr(self, op)(path, *arg)
+                op(self)
             except XsError:  # e.g. rm of something absent: already reported in the txn
                 pass
 

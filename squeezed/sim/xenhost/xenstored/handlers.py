@@ -110,7 +110,7 @@ def write(core: XenstoreCore, conn: Conn, pkt: Packet, txn: Txn | None, tree: Tr
         core.write(path, value)
     else:
         tree.write(path, value)
-        txn.ops.append(("write", path, value))
+        txn.ops.append(lambda c: c.write(path, value))
     return OK
 
 
@@ -120,7 +120,7 @@ def mkdir(core: XenstoreCore, conn: Conn, pkt: Packet, txn: Txn | None, tree: Tr
         core.mkdir(path)
     else:
         tree.mkdir(path)
-        txn.ops.append(("mkdir", path))
+        txn.ops.append(lambda c: c.mkdir(path))
     return OK
 
 
@@ -130,7 +130,7 @@ def rm(core: XenstoreCore, conn: Conn, pkt: Packet, txn: Txn | None, tree: Tree)
         core.rm(path)
     else:
         tree.rm(path)
-        txn.ops.append(("rm", path))
+        txn.ops.append(lambda c: c.rm(path))
     return OK
 
 
@@ -144,7 +144,7 @@ def set_perms(core: XenstoreCore, conn: Conn, pkt: Packet, txn: Txn | None, tree
         core.set_perms(path, perms)
     else:
         tree.set_perms(path, perms)
-        txn.ops.append(("set_perms", path, perms))
+        txn.ops.append(lambda c: c.set_perms(path, perms))
     return OK
 
 
