@@ -371,6 +371,9 @@ def bench_daemon(n: int, settle_s: float, idle_s: float, calls: int, full: bool)
         with d.client() as c:
             sess = c.call("login", "bench", "bench-scale")
             lat, lat_delete = [], []
+            for _ in range(5):  # warm-up: connection, first calls
+                c.call("delete_reservation", "bench", sess,
+                       c.call("reserve_memory", "bench", sess, MIB))
             for _ in range(calls):
                 t0 = time.perf_counter()
                 rid = c.call("reserve_memory", "bench", sess, MIB)
@@ -396,11 +399,16 @@ def bench_daemon(n: int, settle_s: float, idle_s: float, calls: int, full: bool)
     return out
 
 
-def bench_boot_storm(n: int, starts: int) -> dict:
+def bench_boot_storm(n: int, starts: int, stagger_s: float = 0.005) -> dict:
     """`starts` VM starts at once as xenopsd makes them (login,
     reserve_memory_range, create the domain, transfer, build, delete) on a
     host of n guests of 1 GiB (dynamic-min 256 MiB, 64 MiB/s) with nothing
-    free: together they need half of what the guests can give back."""
+    free: together they need half of what the guests can give back.
+
+    The callers leave a barrier together, then start `stagger_s` apart, so
+    that there is an arrival order to compare the service order with: the
+    order of the reserve requests sent, against the order their replies came
+    back in (operations run one at a time, so a reply marks its turn)."""
     freeable_kib = n * (GIB - 256 * MIB)
     want_kib = freeable_kib // 2 // starts
     sim = host_of(n, GIB, 64 * MIB, 73728 + 8 * MIB)
@@ -418,12 +426,14 @@ def bench_boot_storm(n: int, starts: int) -> dict:
             r: dict[str, Any] = {"domid": domid}
             try:
                 with d.client() as c:
-                    barrier.wait()
-                    t0 = time.perf_counter()
                     sess = c.call("login", f"start-{k}", f"xenopsd-{k}")
+                    barrier.wait()
+                    time.sleep(k * stagger_s)
+                    t0 = r["sent"] = time.perf_counter()
                     rid, kib = c.call("reserve_memory_range", f"start-{k}", sess,
                                       want_kib // 2, want_kib)
-                    r["reserve_s"] = time.perf_counter() - t0
+                    r["replied"] = time.perf_counter()
+                    r["reserve_s"] = r["replied"] - t0
                     r["kib"] = kib = int(kib)
                     sim.create_domain(domid, target_kib=kib, dynamic_min_kib=kib,
                                       dynamic_max_kib=kib)
@@ -458,6 +468,9 @@ def bench_boot_storm(n: int, starts: int) -> dict:
     finally:
         d.stop()
         sim.stop()
+    replied = [r for r in results if "replied" in r]
+    arrival = [r["domid"] for r in sorted(replied, key=lambda r: r["sent"])]
+    service = [r["domid"] for r in sorted(replied, key=lambda r: r["replied"])]
     reserve = sorted(r["reserve_s"] for r in results if "reserve_s" in r)
     start = sorted(r["start_s"] for r in results if "start_s" in r)
     return {
@@ -465,7 +478,14 @@ def bench_boot_storm(n: int, starts: int) -> dict:
         "succeeded": sum(1 for r in results if r.get("ok")),
         "errors": [r["error"] for r in results if "error" in r],
         "allocated_ok": allocated_ok, "conserved": conserved,
-        "reservations_left": left,
+        "reservations_left": left, "stagger_s": stagger_s,
+        "in_order": arrival == service,
+        "out_of_place": sum(1 for a, b in zip(arrival, service, strict=True) if a != b),
+        # (caller, caller served before it although sent later, how much later in ms)
+        "overtaken": [(a["domid"] - 10_000, b["domid"] - 10_000,
+                       round(1000 * (b["sent"] - a["sent"]), 1))
+                      for a in replied for b in replied
+                      if b["sent"] > a["sent"] and b["replied"] < a["replied"]],
         "reserve_p50_s": pct(reserve, 50), "reserve_p99_s": pct(reserve, 99),
         "start_p50_s": pct(start, 50), "start_p99_s": pct(start, 99),
     }
@@ -584,8 +604,13 @@ def report(res: dict) -> str:
                 f"- every new domain got what it was granted: {r['allocated_ok']}; host "
                 f"memory conserved: {r['conserved']}; reservations left after the deletes: "
                 f"{len(r['reservations_left'])}",
+                f"- callers {1000 * r['stagger_s']:.0f} ms apart; served in arrival order: "
+                f"{r['in_order']} ({r['out_of_place']} of {r['starts']} out of place"
+                + (f"; overtaken, by whom, sent how many ms later: {r['overtaken'][:6]}"
+                   if r["overtaken"] else "") + ")",
                 f"- reserve_memory_range latency p50 {r['reserve_p50_s']:.2f} s, p99 "
-                f"{r['reserve_p99_s']:.2f} s; whole start p50 {r['start_p50_s']:.2f} s, p99 "
+                f"{r['reserve_p99_s']:.2f} s; whole start (reserve to delete) p50 "
+                f"{r['start_p50_s']:.2f} s, p99 "
                 f"{r['start_p99_s']:.2f} s", ""]
     return "\n".join(out)
 
@@ -597,6 +622,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="do not write the docs page")
     p.add_argument("--only", nargs="*", default=None,
                    choices=["virtual", "sim_idle", "xenstored", "engine", "daemon", "storm"])
+    p.add_argument("--stagger-ms", type=float, default=5.0,
+                   help="boot storm: how far apart the callers start")
+    p.add_argument("--sizes", type=int, nargs="*", default=None,
+                   help="numbers of guests for the daemon section (default 100 500 1000)")
     args = p.parse_args(argv)
     want = set(args.only or ["virtual", "sim_idle", "xenstored", "engine", "daemon", "storm"])
     runs = 1 if args.quick else args.runs
@@ -613,10 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         res["daemon"] = [
             bench_daemon(n, 5.0 if args.quick else 15.0, 10.0 if args.quick else 30.0,
                          30 if args.quick else 100, full=n == 1000)
-            for n in ((100, 1000) if args.quick else (100, 500, 1000))
+            for n in (args.sizes or ((100, 1000) if args.quick else (100, 500, 1000)))
         ]
     if "storm" in want:
-        res["storm"] = bench_boot_storm(500, 50)
+        res["storm"] = bench_boot_storm(500, 50, args.stagger_ms / 1000)
     body = report(res)
     print(body)
     if not args.no_write:

@@ -27,6 +27,7 @@ CHILDREN = os.environ.get("MUTATION_CHILDREN", "2")  # the machine has 2 shared 
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "engine": (["squeezed/engine/*.py"],
                ["tests/test_engine_properties.py", "tests/test_engine_accounting.py",
+                "tests/test_engine_batch.py",
                 "tests/test_engine_schedule.py", "tests/test_engine_logs.py",
                 "tests/test_cannot_free_arguments.py", "tests/test_policy.py",
                 "tests/test_sim_host.py", "tests/test_service.py"]),
@@ -39,6 +40,9 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "jsonrpc": (["squeezed/rpc/jsonrpc.py"],
                 ["tests/test_codecs.py", "tests/test_wire_golden.py",
                  "tests/test_compatibility.py"]),
+    # pipelined xenstore requests and the batched target writes
+    "xspipe": (["squeezed/xen/xs_pipeline.py", "squeezed/xen/target_writes.py"],
+               ["tests/test_xs_pipeline.py", "tests/test_target_writes.py"]),
 }
 
 

@@ -11,6 +11,7 @@ it how long to wait and then calls `HostIO.wait`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from squeezed.engine.model import Host
@@ -26,7 +27,13 @@ class HostIO(Protocol):
     A host may also offer ``begin_operation()`` (see `begin_operation`):
     called once when an operation starts, it makes every later snapshot
     reflect every change made to the host before the call (the Xen backend
-    uses it to wait for xenstore watch events already sent to it)."""
+    uses it to wait for xenstore watch events already sent to it), and
+    ``quick_free_kib()`` (see `quick_free_kib`).
+
+    And ``set_targets(targets: Mapping[int, int])`` (see `target_batch`):
+    several domains' targets in one call, as if `set_target` were called for
+    each (the Xen backend pipelines them: one round trip per phase, not four
+    per domain). The engine keeps each domain's maxmem ordering around it."""
 
     def snapshot(self) -> Host: ...
 
@@ -47,6 +54,25 @@ def begin_operation(io: HostIO) -> None:
     begin = getattr(io, "begin_operation", None)
     if begin is not None:
         begin()
+
+
+def target_batch(io: HostIO) -> Callable[[Mapping[int, int]], None] | None:
+    """The host's optional ``set_targets``, or None: optional, so that
+    simulators write one target at a time as before."""
+    batch: Callable[[Mapping[int, int]], None] | None = getattr(io, "set_targets", None)
+    return batch
+
+
+def quick_free_kib(io: HostIO) -> int | None:
+    """The host's optional ``quick_free_kib()``: host free memory exactly as
+    ``snapshot()`` would count it, when the host knows, without reading every
+    domain, that every balloonable domain is at its target; else None (and
+    for hosts without it), and the operation takes a snapshot."""
+    quick = getattr(io, "quick_free_kib", None)
+    if quick is None:
+        return None
+    kib = quick()
+    return kib if isinstance(kib, int) else None
 
 
 def poll_delay_s(

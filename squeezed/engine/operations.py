@@ -28,7 +28,7 @@ from squeezed.engine.errors import (
 )
 from squeezed.engine.errors import OperationAbandoned as OperationAbandoned  # re-exported
 from squeezed.engine.io import HostIO as HostIO  # re-exported
-from squeezed.engine.io import begin_operation, poll_delay_s
+from squeezed.engine.io import begin_operation, poll_delay_s, quick_free_kib, target_batch
 from squeezed.engine.model import Domain, Host
 from squeezed.engine.policy import proportional_targets
 from squeezed.engine.squeezer import (
@@ -86,6 +86,26 @@ def _write(io: HostIO, d: Domain, target_kib: int, maxmem_kib: int) -> None:
             io.set_maxmem(d.domid, maxmem_kib)
 
 
+def _write_all(io: HostIO, writes: list[tuple[Domain, int, int]]) -> None:
+    """`_write` for each, or, when the host takes a batch of targets, the
+    same per-domain order in three steps: maxmem raised where the target
+    rises, every target in one batch, maxmem lowered where it does not."""
+    batch = target_batch(io)
+    if batch is None or len({d.domid for d, _, _ in writes}) != len(writes):
+        for d, target_kib, maxmem_kib in writes:
+            _write(io, d, target_kib, maxmem_kib)
+        return
+    for d, target_kib, maxmem_kib in writes:
+        if target_kib > d.target_kib and maxmem_kib != d.memory_max_kib:
+            io.set_maxmem(d.domid, maxmem_kib)
+    targets = {d.domid: t for d, t, _ in writes if t != d.target_kib}
+    if targets:
+        batch(targets)
+    for d, target_kib, maxmem_kib in writes:
+        if target_kib <= d.target_kib and maxmem_kib != d.memory_max_kib:
+            io.set_maxmem(d.domid, maxmem_kib)
+
+
 def change_host_free_memory(
     io: HostIO,
     cfg: EngineConfig,
@@ -115,11 +135,17 @@ def change_host_free_memory(
     if begin:
         begin_operation(io)
     start_s = io.now()
+    if need_kib is not None:
+        # Fast path: enough is free and nothing is moving. A host that knows
+        # so without reading every domain says so first (issue 12).
+        quick_kib = quick_free_kib(io)
+        if quick_kib is not None and quick_kib >= max(need_kib, aim_kib):
+            return stats
     host = io.snapshot()
     balloonable = [d for d in host.domains if d.can_balloon]
     if need_kib is not None:
         if host.free_mem_kib >= max(need_kib, aim_kib) and all(d.hit_target for d in balloonable):
-            return stats  # fast path: enough is free and nothing is moving
+            return stats
         _fail_fast(host, balloonable, aim_kib, need_kib)
 
     sq = Squeezer(StucknessMonitor(cfg.stuck_after_s), two_phase=cfg.two_phase)
@@ -208,6 +234,7 @@ def _apply(io: HostIO, host: Host, dec: Decision, stats: OpStats) -> None:
     """Write one decision: cap newly inactive domains, set active ones' targets."""
     by_id = {d.domid: d for d in host.domains}
     new_targets = {a.domid: a.new_target_kib for a in dec.actions}
+    writes: list[tuple[Domain, int, int]] = []  # (domain, target, maxmem), in order
     for d in dec.declared_inactive:
         if not d.can_balloon:
             continue
@@ -216,12 +243,13 @@ def _apply(io: HostIO, host: Host, dec: Decision, stats: OpStats) -> None:
         m = _clamp(d.dynamic_min_kib, d.dynamic_max_kib, min(d.target_kib, d.memory_actual_kib))
         log.info("domain %d declared inactive (%s); maxmem %d KiB", d.domid,
                  "flagged uncooperative" if d.uncooperative else "stuck balloon driver", m)
-        _write(io, d, min(d.target_kib, m), m)
+        writes.append((d, min(d.target_kib, m), m))
     for domid in dec.active:
         d = by_id[domid]
         t = new_targets.get(domid, d.target_kib)
         if t != d.target_kib or d.memory_max_kib != t:
-            _write(io, d, t, t)
+            writes.append((d, t, t))
+    _write_all(io, writes)
     # The line costs ~2 us a domain to format: only when it will be seen.
     if (dec.actions or dec.declared_inactive) and log.isEnabledFor(logging.INFO):
         log.info(

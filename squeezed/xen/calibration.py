@@ -6,9 +6,15 @@ net of it."""
 
 from __future__ import annotations
 
+import logging
+
+from squeezed.xen.keycache import KeyCache
 from squeezed.xen.protocols import XenCtrlLike, XenstoreLike
 from squeezed.xen.values import PAGE_KIB, domain_path, parse_int
-from squeezed.xen.xenstore import Transaction
+from squeezed.xen.writes import write_failed
+from squeezed.xen.xenstore import Transaction, XenstoreError
+
+log = logging.getLogger("squeezed.xen.host")
 
 
 def measure_offset_kib(xc: XenCtrlLike, domid: int, target_kib: int) -> int | None:
@@ -35,3 +41,22 @@ def store_offset_once(xs: XenstoreLike, domid: int, measured_kib: int) -> int | 
         return measured_kib
 
     return xs.transaction(txn)
+
+
+def calibrate_offset(xc: XenCtrlLike, xs: XenstoreLike, cache: KeyCache, domid: int,
+                     target_kib: int) -> int | None:
+    """First sight of a booted domain: it is assumed not to be ballooning,
+    so whatever separates its allocation from its target is constant.
+    None if the domain is gone; raises XenHostError if it cannot be stored."""
+    measured_kib = measure_offset_kib(xc, domid, target_kib)
+    if measured_kib is None:
+        return None
+    try:  # a domain destroyed meanwhile is seen inside (no directory): None
+        offset_kib = store_offset_once(xs, domid, measured_kib)
+    except XenstoreError as e:
+        raise write_failed(f"{domain_path(domid)}/memory/memory-offset",
+                           str(measured_kib), e) from e
+    if offset_kib is not None:
+        log.info("domain %d booted; memory-offset = %d KiB", domid, offset_kib)
+        cache.set_key(domid, "memory/memory-offset", str(offset_kib))
+    return offset_kib

@@ -5,9 +5,13 @@ Operations then count on nothing more from a flagged domain."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from squeezed.engine.model import Host
+from squeezed.xen.writes import DomainWrites
+
+log = logging.getLogger("squeezed.xen.host")
 
 
 class CooperationTracker:
@@ -54,3 +58,14 @@ class CooperationTracker:
         for domid in [d for d in self.last_cooperative_s if d not in live]:
             self.last_cooperative_s.pop(domid, None)
             self.uncooperative.discard(domid)
+
+
+def write_flags(writes: DomainWrites, mark: list[int], clear: list[int], after_s: float) -> None:
+    """Publish an update's changes as memory/uncooperative (upstream's key)."""
+    for domid in mark:
+        log.warning("domain %d has missed its balloon target for over %.0f s: "
+                    "marking it uncooperative", domid, after_s)
+        writes.write_key(domid, "memory/uncooperative", "")
+    for domid in clear:
+        log.info("domain %d cooperates again", domid)
+        writes.rm_key(domid, "memory/uncooperative")

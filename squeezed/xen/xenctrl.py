@@ -433,8 +433,16 @@ class XenCtrl:
             raise self._failed("xc_physinfo")
         return PhysInfo(int(info.total_pages), int(info.free_pages), int(info.scrub_pages))
 
-    def domain_list(self, batch: int = DOMAIN_BATCH) -> list[DomainInfo]:
-        """Every domain, ascending by domid.
+    def domain_info(self, domid: int) -> DomainInfo | None:
+        """One domain (None if there is none with this domid): one hypercall."""
+        if not 0 <= domid < DOMID_FIRST_RESERVED:
+            raise ValueError(f"invalid domid {domid}")
+        found = self.domain_list(1, first=domid, limit=1)
+        return found[0] if found and found[0].domid == domid else None
+
+    def domain_list(self, batch: int = DOMAIN_BATCH, *, first: int = 0,
+                    limit: int | None = None) -> list[DomainInfo]:
+        """Every domain from `first` (at most `limit` of them), ascending by domid.
 
         Paged in batches, so it is not one atomic snapshot (nor is it in Xen).
         """
@@ -442,8 +450,7 @@ class XenCtrl:
             raise ValueError(f"batch must be positive, not {batch}")
         buf = ffi.new("xc_domaininfo_t[]", batch)
         out: list[DomainInfo] = []
-        first = 0
-        while first < DOMID_FIRST_RESERVED:
+        while first < DOMID_FIRST_RESERVED and (limit is None or len(out) < limit):
             n = self._lib.xc_domain_getinfolist(
                 self._handle("xc_domain_getinfolist"), first, batch, buf
             )

@@ -9,7 +9,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from squeezed.xen.xs_link import (
@@ -22,10 +22,12 @@ from squeezed.xen.xs_link import (
     default_socket_path,
 )
 from squeezed.xen.xs_ops import Ops, Transaction
+from squeezed.xen.xs_pipeline import DEFAULT_WINDOW, Outcome, Pipeline, Request
 from squeezed.xen.xs_wire import (
     Op,
     Packet,
     ProtocolError,
+    decode_value,
     encode,
     join_strings,
     split_strings,
@@ -44,7 +46,6 @@ _IDEMPOTENT = frozenset(
         Op.IS_DOMAIN_INTRODUCED,
     }
 )
-
 
 
 class XenstoreClient(Ops):
@@ -157,6 +158,88 @@ class XenstoreClient(Ops):
             return result
         assert last is not None
         raise last
+
+    # pipelined requests (xs_pipeline.py)
+
+    def pipeline(
+        self,
+        requests: Sequence[Request],
+        *,
+        epoch: int | None = None,
+        timeout_s: float | None = None,
+        window: int = DEFAULT_WINDOW,
+    ) -> tuple[int, list[Outcome]]:
+        """Send ``requests`` without waiting for each reply; return the epoch
+        of the connection they went on and one outcome per request, in order:
+        its reply or its error (a failure is reported per request, never raised).
+
+        ``epoch`` (from an earlier call) says the requests belong to
+        transactions of that connection: if it has since been replaced, nothing
+        is sent and every request fails with :class:`XenstoreConnectionError`
+        (``in_flight`` False).  The whole batch waits at most ``timeout_s``
+        (default: the client's timeout); then, or if the connection fails, the
+        connection is dropped and the unanswered requests fail with
+        :class:`XenstoreConnectionError` (``in_flight`` True for those sent).
+        Only failing to connect at all raises."""
+        with self._lock:
+            link = self._ensure_link(requests[0].path if requests else None)
+            pl = Pipeline(requests, lambda: next(self._req_ids) & REQ_ID_MASK, window)
+            if epoch is not None and epoch != self._epoch:
+                pl.fail_unanswered("transaction lost with its connection")
+                return epoch, pl.outcomes()  # nothing went on the current connection
+            limit_s = self._timeout_s if timeout_s is None else timeout_s
+            deadline = None if limit_s is None else time.monotonic() + limit_s
+            try:
+                while not pl.done:
+                    data = pl.next_bytes()
+                    if data:
+                        link.sock.sendall(data)
+                    if not link.backlog and deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise TimeoutError(f"timed out: no reply within {limit_s:g} s")
+                        link.sock.settimeout(left)
+                    event = pl.receive(link.recv())
+                    if event is not None:
+                        self._route_event(event)
+                link.sock.settimeout(self._timeout_s)
+            except (OSError, ProtocolError) as e:
+                self.errors["connection"] += 1
+                self._drop()
+                log.info("xenstore connection lost during a pipeline of %d requests: %s",
+                         len(requests), e)
+                pl.fail_unanswered(str(e) or type(e).__name__)
+            outcomes = pl.outcomes()
+            for o in outcomes:
+                if isinstance(o, XenstoreError) and not isinstance(o, XenstoreConnectionError):
+                    if o.errno_name != "ENOENT":
+                        self.errors[o.errno_name] += 1
+            return self._epoch, outcomes
+
+    def read_many(self, paths: Sequence[str]) -> list[str | None]:
+        """Read many nodes in one pipeline (None for an absent one).  Reads
+        are idempotent: a batch cut by a lost connection is sent again once;
+        any other error raises, as `read` does."""
+        for attempt in range(2):
+            _, outcomes = self.pipeline([Request(Op.READ, join_strings([p]), 0, p) for p in paths])
+            values: list[str | None] = []
+            lost: XenstoreConnectionError | None = None
+            for o in outcomes:
+                if isinstance(o, Packet):
+                    values.append(decode_value(o.payload))
+                elif isinstance(o, XenstoreConnectionError):
+                    lost = o
+                    break
+                elif o.errno_name == "ENOENT":
+                    values.append(None)
+                else:
+                    raise o
+            if lost is None:
+                return values
+            if attempt == 0:
+                log.info("xenstore connection lost during %d reads; reading again", len(paths))
+        assert lost is not None
+        raise lost
 
     def _end(self, tx: Transaction, commit: bool) -> None:
         try:

@@ -23,7 +23,16 @@ def test_domain_destroyed_between_snapshot_and_write_is_info(short_tmp, monkeypa
                 env.sim.destroy_domain(2)  # its 1 GiB comes back to the host
             real_set_target(domid, target_kib)
 
+        real_set_targets = env.host.set_targets
+
+        def set_targets(targets: dict[int, int]) -> None:  # the engine's batch of targets
+            if 2 in targets and not destroyed:
+                destroyed.append(2)
+                env.sim.destroy_domain(2)
+            real_set_targets(targets)
+
         monkeypatch.setattr(env.host, "set_target", set_target)
+        monkeypatch.setattr(env.host, "set_targets", set_targets)
         sid = env.svc.login("t", "xenopsd")
         rid = env.svc.reserve_memory("t", sid, 2 * GIB)  # needs domain 2, or its memory
         assert rid and destroyed == [2]

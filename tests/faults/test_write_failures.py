@@ -16,7 +16,8 @@ import pytest
 from squeezed.errors import InternalError
 from squeezed.xen.xenctrl import XenCtrlError
 from squeezed.xen.xenstore import XenstoreError
-from tests.faults.xenenv import GIB, MIB, XenEnv
+from squeezed.xen.xs_wire import Op
+from tests.faults.xenenv import GIB, XenEnv
 
 
 class _DenyingTransaction:
@@ -44,6 +45,16 @@ class DenyTargetWrites:
     def transaction(self, fn: Any, max_retries: int = 16) -> Any:
         return self._c.transaction(lambda t: fn(_DenyingTransaction(t, "/memory/target")),
                                    max_retries)
+
+    def pipeline(self, requests: Any, **kw: Any) -> Any:
+        """The batched writes (target_writes): refused without being sent."""
+        denied = [r.op == Op.WRITE and (r.path or "").endswith("/memory/target")
+                  for r in requests]
+        kept = [r for r, d in zip(requests, denied, strict=True) if not d]
+        epoch, outs = self._c.pipeline(kept, **kw)
+        sent = iter(outs)
+        return epoch, [XenstoreError("EACCES", r.path) if d else next(sent)
+                       for r, d in zip(requests, denied, strict=True)]
 
 
 def maxmem_never_below_allocation(env: XenEnv) -> None:
@@ -98,7 +109,7 @@ def test_domain_gone_is_expected_not_an_error(short_tmp, monkeypatch, caplog):
     try:
         env.host.snapshot()
         env.host.xc = RefusingXenCtrl(env.xc, errno.ESRCH)
-        env.host.set_maxmem(2, 600 * MIB)  # no exception
+        env.host.set_maxmem(2, 2 * GIB)  # a change (else no hypercall); no exception
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert any("destroyed mid-operation" in r.getMessage() and r.levelno == logging.INFO
                    for r in caplog.records)
@@ -107,7 +118,7 @@ def test_domain_gone_is_expected_not_an_error(short_tmp, monkeypatch, caplog):
         env.host._tot_kib[2] = 1 * GIB  # as if read just before the destruction
         env.host._types[2] = "pv"
         env.sim.hv.destroy_domain(2)
-        env.host.set_maxmem(2, 600 * MIB)
+        env.host.set_maxmem(2, 2 * GIB)
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
             r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     finally:

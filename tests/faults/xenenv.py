@@ -68,6 +68,20 @@ class XenEnv:
         except BaseException as e:  # the test inspects it
             self.watcher_error = e
 
+    def restart_host(self) -> None:
+        """A restarted squeezed: a fresh XenHost (which loads the reservation
+        table again), service and watcher on the same host."""
+        self.stop.set()
+        self.wt.join(5)
+        self.watcher.close()
+        self.stop = threading.Event()
+        self.host = XenHost(self.xc, self.xs, uncooperative_after_s=self.cfg.uncooperative_after_s)
+        self.svc = MemoryService(self.host, self.cfg)
+        self.watcher = Watcher(self.sim.xenstored_path)
+        self.wt = threading.Thread(target=self._run_watcher, daemon=True)
+        self.wt.start()
+        assert wait_for(lambda: self.host._watching)
+
     def with_cfg(self, **changes: Any) -> None:
         self.cfg = replace(self.cfg, **changes)
         self.svc.cfg = self.cfg
