@@ -28,7 +28,7 @@ from typing import Any
 
 from squeezed.switch import protocol as p
 
-log = logging.getLogger("squeezed.sim.switch")
+log = logging.getLogger(__name__)
 
 
 @dataclass
