@@ -150,7 +150,7 @@ def test_batch_host_behaves_as_the_one_at_a_time_host(stuck: bool) -> None:
     plain_stats, plain_end = run(plain, stuck)
     batch_stats, batch_end = run(batched, stuck)
 
-    # Same outcome, same counts, same final host, same writes.
+    # Same outcome, same iterations, same final host, same writes.
     assert batch_end == plain_end == ("refused [1]" if stuck else None)
     assert batch_stats == plain_stats
     assert batched.snapshot() == plain.snapshot()

@@ -30,46 +30,61 @@ TIMEOUT = 10.0
 class CoreLink:
     """`XenstoreClient.pipeline`'s contract over the simulated xenstored's core.
 
-    Each call is one round-trip wait (``calls`` keeps each one's request types).
-    ``before(n)`` runs before call n is answered (a concurrent change);
-    ``lose`` holds the calls during which the connection dies (after
-    ``answered`` of its replies), ``inject`` (call, index) -> error name
-    replaces a reply."""
+    Each call is one round-trip wait (``calls`` keeps each one's request types,
+    ``sent`` the requests themselves). ``before(n)`` runs before call n is
+    answered (a concurrent change); ``lose`` holds the calls during which the
+    connection dies: (replies received, requests sent) — the others never left;
+    ``inject`` (call, index) -> error name replaces a reply; ``reconnect()``
+    replaces the connection as another thread's request would. ``misrouted``
+    lists requests of a transaction sent on a connection it was not started on."""
 
     def __init__(self, core: XenstoreCore) -> None:
         self.core = core
         self.conn = core.connect()
         self.epoch = 1
         self.calls: list[list[Op]] = []
+        self.sent: list[list[Request]] = []
         self.before: Callable[[int], None] = lambda n: None
-        self.lose: dict[int, int] = {}
+        self.lose: dict[int, tuple[int, int]] = {}
         self.inject: dict[tuple[int, int], str] = {}
+        self.started: set[int] = set()  # transactions started on the current connection
+        self.misrouted: list[Request] = []
+
+    def reconnect(self) -> None:
+        """The connection dies: its transactions go with it."""
+        self.core.disconnect(self.conn)
+        self.conn = self.core.connect()
+        self.epoch += 1
+        self.started.clear()
 
     def pipeline(
         self, requests: Sequence[Request], *, epoch: int | None = None
     ) -> tuple[int, list[Outcome]]:
         n = len(self.calls)
         self.calls.append([r.op for r in requests])
+        self.sent.append(list(requests))
         self.before(n)
         if epoch is not None and epoch != self.epoch:
-            return self.epoch, [XenstoreConnectionError(r.path, "stale", in_flight=False)
-                                for r in requests]
-        answered = self.lose.get(n, len(requests))
+            return epoch, [XenstoreConnectionError(r.path, "stale", in_flight=False)
+                           for r in requests]
+        answered, sent = self.lose.get(n, (len(requests), len(requests)))
+        epoch_used = self.epoch  # the connection these requests went on
         out: list[Outcome] = []
         for i, r in enumerate(requests[:answered]):
+            if r.tx_id and r.tx_id not in self.started:
+                self.misrouted.append(r)
             self.core.handle(self.conn, Packet(r.op, i + 1, r.tx_id, r.payload))
             packets, _ = self.core.drain()
             (reply,) = [p for cid, p in packets if cid == self.conn and p.type != Op.WATCH_EVENT]
             name = self.inject.get((n, i)) or reply.error_name()
+            if r.op == Op.TRANSACTION_START and reply.error_name() is None:
+                self.started.add(int(reply.payload.rstrip(b"\0")))
             out.append(reply if name is None else XenstoreError(name, r.path))
         if answered < len(requests):
-            # The connection dies: its transactions go with it.
-            self.core.disconnect(self.conn)
-            self.conn = self.core.connect()
-            self.epoch += 1
-            out += [XenstoreConnectionError(r.path, "lost", in_flight=True)
-                    for r in requests[answered:]]
-        return self.epoch, out
+            self.reconnect()
+            out += [XenstoreConnectionError(r.path, "lost", in_flight=i < sent)
+                    for i, r in enumerate(requests[answered:], answered)]
+        return epoch_used, out
 
     def open_transactions(self) -> int:
         return len(self.core._conns[self.conn].txns)
@@ -88,12 +103,13 @@ def target(core: XenstoreCore, domid: int) -> bytes | None:
 
 
 def test_n_writes_are_three_round_trip_waits() -> None:
-    domids = list(range(1, 51))
+    n = target_writes.DEFAULT_CHUNK  # one chunk
+    domids = list(range(1, n + 1))
     core = core_with(domids)
     link = CoreLink(core)
     assert write_targets(link, {d: 500 + d for d in domids}) == {d: True for d in domids}
-    assert link.calls == [[Op.TRANSACTION_START] * 50, [Op.READ] * 50,
-                          [Op.WRITE, Op.TRANSACTION_END] * 50]
+    assert link.calls == [[Op.TRANSACTION_START] * n, [Op.READ] * n,
+                          [Op.WRITE, Op.TRANSACTION_END] * n]
     assert [target(core, d) for d in domids] == [str(500 + d).encode() for d in domids]
     assert link.open_transactions() == 0
 
@@ -115,6 +131,9 @@ def test_gone_domains_are_reported_and_not_resurrected(caplog) -> None:
     assert core.tree.lookup("/local/domain/3") is None
     assert link.calls[2] == [Op.WRITE, Op.TRANSACTION_END, Op.TRANSACTION_END,
                              Op.WRITE, Op.TRANSACTION_END, Op.WRITE, Op.TRANSACTION_END]
+    assert [r.payload for r in link.sent[2] if r.op == Op.TRANSACTION_END] == [
+        b"T\0", b"F\0", b"T\0", b"T\0"]  # the gone domain's transaction abandoned
+    assert len(link.calls) == 3
     assert "domain 3 is gone: memory/target not written" in caplog.messages
     assert link.open_transactions() == 0
 
@@ -156,6 +175,33 @@ def test_endless_conflicts_give_up_after_max_retries() -> None:
     assert link.open_transactions() == 0
 
 
+def test_endless_conflicts_from_the_start() -> None:
+    core = core_with([1])
+    link = CoreLink(core)
+    link.before = lambda n: core.write("/local/domain/1", b"x") if n % 3 == 2 else None
+    with pytest.raises(XenstoreError) as e:
+        write_if_domains_exist(link, "memory/target", {1: "1"}, max_retries=2)
+    assert e.value.errno_name == "EAGAIN"
+    assert len(link.calls) == 3 * 3  # the first try and two more
+
+
+def test_a_read_meeting_eagain_reruns_the_round() -> None:
+    core = core_with([1, 2])
+    link = CoreLink(core)
+    link.inject[(1, 1)] = "EAGAIN"
+    assert write_targets(link, {1: 10, 2: 20}) == {1: True, 2: True}
+    assert [len(c) for c in link.calls] == [2, 2, 2, 2, 2, 4]  # abandoned, then again
+    assert link.open_transactions() == 0
+
+
+def test_every_start_refused_for_the_limit_is_a_round_to_retry() -> None:
+    core = core_with([1, 2])
+    link = CoreLink(core)
+    link.inject[(0, 0)] = link.inject[(0, 1)] = "ENOSPC"
+    assert write_targets(link, {1: 10, 2: 20}) == {1: True, 2: True}
+    assert [len(c) for c in link.calls] == [2, 2, 2, 4]
+
+
 def test_transaction_limit_defers_domains() -> None:
     core = core_with([1, 2, 3, 4])
     link = CoreLink(core)
@@ -181,6 +227,8 @@ def test_other_failures_raise_and_leave_nothing_open(call: int, index: int, name
     with pytest.raises(XenstoreError) as e:
         write_targets(link, {1: 10, 2: 20})
     assert e.value.errno_name == name and not isinstance(e.value, XenstoreConnectionError)
+    assert e.value.path == link.sent[call][index].path
+    assert e.value.path.startswith(f"/local/domain/{1 + index // (2 if call == 2 else 1)}")
     if call < 2:  # before the commits: nothing written, every transaction abandoned
         assert (target(core, 1), target(core, 2)) == (b"1000", b"1000")
         # (an injected start refusal hides a transaction the core did start)
@@ -192,8 +240,9 @@ def test_other_failures_raise_and_leave_nothing_open(call: int, index: int, name
 def test_connection_lost_before_the_commits_reruns(call: int) -> None:
     core = core_with([1, 2])
     link = CoreLink(core)
-    link.lose[call] = 1
+    link.lose[call] = (1, 2)
     assert write_targets(link, {1: 10, 2: 20}) == {1: True, 2: True}
+    assert link.misrouted == []
     assert (target(core, 1), target(core, 2)) == (b"10", b"20")
     assert link.open_transactions() == 0
 
@@ -201,18 +250,50 @@ def test_connection_lost_before_the_commits_reruns(call: int) -> None:
 def test_connection_lost_during_the_commits_raises() -> None:
     core = core_with([1, 2])
     link = CoreLink(core)
-    link.lose[2] = 2  # domain 1 committed; domain 2's write and commit in flight
+    link.lose[2] = (2, 4)  # domain 1 committed; domain 2's write and commit in flight
     with pytest.raises(XenstoreConnectionError) as e:
         write_targets(link, {1: 10, 2: 20})
-    assert e.value.in_flight
+    assert e.value.in_flight and e.value.path == "/local/domain/2/memory/target"
     assert target(core, 1) == b"10"
+
+
+def test_commits_that_never_left_are_run_again() -> None:
+    core = core_with([1, 2])
+    link = CoreLink(core)
+    link.lose[2] = (2, 2)  # domain 1 committed; domain 2's write and commit never sent
+    assert write_targets(link, {1: 10, 2: 20}) == {1: True, 2: True}
+    assert [len(c) for c in link.calls] == [2, 2, 4, 1, 1, 2]
+    assert (target(core, 1), target(core, 2)) == (b"10", b"20")
+    assert link.misrouted == []
+
+
+def test_connection_replaced_between_phases_sends_nothing_stale() -> None:
+    # Another thread's request found the connection dead and reconnected between
+    # the starts and the reads: the new connection knows none of these
+    # transactions (a READ there would answer ENOENT: "gone").
+    core = core_with([1, 2])
+    link = CoreLink(core)
+    link.before = lambda n: link.reconnect() if n in (1, 5) else None
+    assert write_targets(link, {1: 10, 2: 20}) == {1: True, 2: True}
+    assert link.misrouted == []
+    assert (target(core, 1), target(core, 2)) == (b"10", b"20")
+
+
+def test_connection_lost_every_time_gives_up() -> None:
+    core = core_with([1])
+    link = CoreLink(core)
+    link.lose = {n: (0, 1) for n in range(100)}
+    with pytest.raises(XenstoreConnectionError):
+        write_if_domains_exist(link, "memory/target", {1: "1"}, max_retries=3)
+    assert len(link.calls) == 4  # one start per round, each lost
 
 
 def test_negative_target_refused_before_anything_is_sent() -> None:
     link = CoreLink(core_with([1]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="negative"):
         write_targets(link, {1: 10, 2: -1})
     assert link.calls == []
+    assert write_targets(link, {1: 0}) == {1: True}  # zero is a target like any other
 
 
 # -- over a socket to the simulated xenstored, the real tools as oracle --------------------
@@ -252,7 +333,7 @@ class Hooked:
 
 @needs_tools
 def test_batch_over_a_socket_checked_with_the_real_tools(xsd: Xenstored) -> None:
-    domids = list(range(1, 151))  # more than one chunk
+    domids = list(range(1, 151))  # several chunks
     for d in domids:
         xsd.write(f"/local/domain/{d}/memory/target", "1000")
     gone = {7, 70, 140}
@@ -261,7 +342,8 @@ def test_batch_over_a_socket_checked_with_the_real_tools(xsd: Xenstored) -> None
     with XenstoreClient(xsd.socket_path, timeout_s=TIMEOUT) as c:
         # Domain 99 is destroyed (by xenstore-rm) after its read, before its commit.
         def destroy(n: int) -> None:
-            if n == 5:  # the second chunk's commits
+            # the commits of domain 99's chunk (each chunk: start, read, commit)
+            if n == 3 * ((99 - 1) // target_writes.DEFAULT_CHUNK) + 2:
                 assert tool(xsd, "xenstore-rm", "/local/domain/99").returncode == 0
 
         written = write_targets(Hooked(c, destroy), {d: 2000 + d for d in domids})
@@ -290,7 +372,7 @@ def test_without_pipelining_one_transaction_at_a_time(xsd: Xenstored) -> None:
 
 
 def test_module_defaults() -> None:
-    # The chunk stays within what the simulated xenstored (and any sane limit) accepts.
+    # A batch leaves room for other transactions within the simulated xenstored's limit.
     from squeezed.sim import xenstored
 
-    assert target_writes.DEFAULT_CHUNK <= xenstored.MAX_TRANSACTIONS_PER_CONN
+    assert 2 * target_writes.DEFAULT_CHUNK <= xenstored.MAX_TRANSACTIONS_PER_CONN

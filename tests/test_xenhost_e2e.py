@@ -14,7 +14,7 @@ from squeezed.errors import DomainsRefusedToCooperate, NoReservation
 from squeezed.service import MemoryService
 from squeezed.sim.drivers import Stuck
 from squeezed.sim.xenhost import SimulatedXenHost, ideal_driver
-from squeezed.xen.host import XenHost, XenHostError
+from squeezed.xen.host import DOMAIN_KEYS, XenHost, XenHostError
 from squeezed.xen.xenctrl import XenCtrl
 from squeezed.xen.xenstore import Watcher, XenstoreClient
 
@@ -175,6 +175,30 @@ def test_batch_of_targets_written_only_where_the_domain_lives(env):
     with pytest.raises(XenHostError):
         env.host.set_targets({1: 1024 * MIB, 3: -1})
     assert env.xs.read("/local/domain/1/memory/target") == str(1536 * MIB)
+
+
+def test_a_domains_keys_are_read_in_one_pipeline(env, monkeypatch):
+    # Only this thread's calls: the watcher thread reads too, whenever it likes.
+    calls = []
+    me = threading.get_ident()
+    real_read, real_read_many = env.xs.read, env.xs.read_many
+
+    def read(path):
+        if threading.get_ident() == me:
+            calls.append(("read", path))
+        return real_read(path)
+
+    def read_many(paths):
+        if threading.get_ident() == me:
+            calls.append(("read_many", len(paths)))
+        return real_read_many(paths)
+
+    monkeypatch.setattr(env.xs, "read", read)
+    monkeypatch.setattr(env.xs, "read_many", read_many)
+    keys = env.host.refresh_domain(1)
+    assert calls == [("read_many", len(DOMAIN_KEYS))]
+    assert keys["memory/target"] == env.sim.xenstored.read("/local/domain/1/memory/target")
+    assert keys["memory/uncooperative"] is None
 
 
 def test_manage_domain_zero_publishes_its_policy_and_balloons_it(short_tmp, monkeypatch):

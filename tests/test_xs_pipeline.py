@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from squeezed.sim.xenstored import Xenstored
 from squeezed.xen.xenstore import XenstoreClient, XenstoreConnectionError, XenstoreError
@@ -92,7 +94,8 @@ def test_reply_to_nobody_is_dropped() -> None:
     pl = Pipeline(reads("/a"), lambda: next(ids))
     pl.next_bytes()
     assert pl.receive(Packet(Op.READ, 99, 0, b"stray")) is None
-    assert pl.dropped == 1 and not pl.done
+    assert pl.receive(Packet(Op.READ, 98, 0, b"stray")) is None
+    assert pl.dropped == 2 and not pl.done
     pl.receive(Packet(Op.READ, 1, 0, b"A"))
     assert pl.done
 
@@ -122,6 +125,7 @@ def test_lost_connection_fails_the_unanswered_in_flight_or_not() -> None:
     for o, in_flight in ((a, True), (c, True), (d, False)):
         assert isinstance(o, XenstoreConnectionError)
         assert o.errno_name == "EIO" and o.in_flight is in_flight
+    assert [o.path for o in (a, c, d)] == ["/a", "/c", "/d"]  # type: ignore[union-attr]
     assert pl.next_bytes() == b""
 
 
@@ -246,9 +250,10 @@ def test_pipeline_against_xenstored(xsd: Xenstored) -> None:
                               Request(Op.TRANSACTION_END, b"T\0", tx)], epoch=epoch)
         assert all(isinstance(o, Packet) for o in outs) and xsd.read("/w/tx") == "1"
         # A connection replaced since: nothing is sent, nothing applied.
-        _, outs = c.pipeline([Request(Op.WRITE, write_payload("/w/stale", "1"), 0)],
-                             epoch=epoch - 1)
+        stale, outs = c.pipeline([Request(Op.WRITE, write_payload("/w/stale", "1"), 0)],
+                                 epoch=epoch - 1)
         assert isinstance(outs[0], XenstoreConnectionError) and not outs[0].in_flight
+        assert stale == epoch - 1  # what they belonged to, not the current connection
         assert xsd.read("/w/stale") is None
     finally:
         c.close()
@@ -269,3 +274,45 @@ def test_read_many_raises_other_errors_and_rereads_after_a_restart(xsd: Xenstore
         assert c.read_many(["/r/a", "/r/b"]) == ["2", None]
     finally:
         c.close()
+
+
+# -- property: any reply order, errors, events, a cut anywhere ----------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n=st.integers(1, 12), window=st.integers(1, 5))
+def test_any_interleaving_matches_each_reply_to_its_request(
+    data: st.DataObject, n: int, window: int
+) -> None:
+    ids = ids_from(100)
+    pl = Pipeline(reads(*(f"/k{i}" for i in range(n))), lambda: next(ids), window=window)
+    errors = data.draw(st.sets(st.integers(0, n - 1)), "error replies")
+    cut = data.draw(st.one_of(st.none(), st.integers(0, n - 1)), "replies before a lost link")
+    sent: list[Packet] = []  # requests on the wire, not yet answered
+    answered = 0
+    while not pl.done:
+        sent += Parser().feed(pl.next_bytes())
+        assert 0 < len(sent) <= window  # never more in flight than the window
+        if cut is not None and answered == cut:
+            pl.fail_unanswered("reset")
+            break
+        if data.draw(st.booleans(), "a watch event first"):
+            ev = watch_event("/k", "tok")
+            assert pl.receive(ev) == ev
+        req = sent.pop(data.draw(st.integers(0, len(sent) - 1), "which reply next"))
+        index = req.req_id - 100  # ids are handed out in request order
+        reply = (error_packet(req.req_id, 0, "EACCES") if index in errors
+                 else Packet(Op.READ, req.req_id, 0, f"v{index}".encode()))
+        assert pl.receive(reply) is None
+        answered += 1
+    outcomes = pl.outcomes()
+    assert len(outcomes) == n
+    for i, o in enumerate(outcomes):
+        if isinstance(o, Packet):
+            assert o.payload == f"v{i}".encode() and i not in errors
+        elif isinstance(o, XenstoreConnectionError):
+            assert cut is not None
+        else:
+            assert (o.errno_name, o.path, i in errors) == ("EACCES", f"/k{i}", True)
+    lost = [o for o in outcomes if isinstance(o, XenstoreConnectionError)]
+    assert len(lost) == (0 if cut is None else n - cut)

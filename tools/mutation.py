@@ -40,6 +40,9 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "jsonrpc": (["squeezed/rpc/jsonrpc.py"],
                 ["tests/test_codecs.py", "tests/test_wire_golden.py",
                  "tests/test_compatibility.py"]),
+    # pipelined xenstore requests and the batched target writes
+    "xspipe": (["squeezed/xen/xs_pipeline.py", "squeezed/xen/target_writes.py"],
+               ["tests/test_xs_pipeline.py", "tests/test_target_writes.py"]),
 }
 
 

@@ -169,9 +169,9 @@ class XenstoreClient(Ops):
         timeout_s: float | None = None,
         window: int = DEFAULT_WINDOW,
     ) -> tuple[int, list[Outcome]]:
-        """Send ``requests`` without waiting for each reply; return the
-        connection's epoch and one outcome per request, in order: its reply or
-        its error (a failure is reported per request, never raised).
+        """Send ``requests`` without waiting for each reply; return the epoch
+        of the connection they went on and one outcome per request, in order:
+        its reply or its error (a failure is reported per request, never raised).
 
         ``epoch`` (from an earlier call) says the requests belong to
         transactions of that connection: if it has since been replaced, nothing
@@ -186,7 +186,7 @@ class XenstoreClient(Ops):
             pl = Pipeline(requests, lambda: next(self._req_ids) & REQ_ID_MASK, window)
             if epoch is not None and epoch != self._epoch:
                 pl.fail_unanswered("transaction lost with its connection")
-                return self._epoch, pl.outcomes()
+                return epoch, pl.outcomes()  # nothing went on the current connection
             limit_s = self._timeout_s if timeout_s is None else timeout_s
             deadline = None if limit_s is None else time.monotonic() + limit_s
             try:
