@@ -31,7 +31,8 @@ from squeezed.engine.model import Domain, Host
 from squeezed.engine.operations import OperationAbandoned, change_host_free_memory
 from squeezed.engine.squeezer import Squeezer, StucknessMonitor
 from squeezed.sim.drivers import Ideal
-from squeezed.sim.virtual import RealClock, SimDomain, SimulatedHost
+from squeezed.sim.virtual.clock import RealClock
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 MIB = 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +45,8 @@ def free_in_real_time(n: int, rate_kib_s: int, x_kib: int) -> float:
     """Wall seconds for the engine to free x_kib from n ideal domains."""
     per_kib = x_kib // n
     doms = [
-        SimDomain(i + 1, 256 * MIB, 256 * MIB + 2 * per_kib, 256 * MIB + 2 * per_kib,
-                  256 * MIB + 2 * per_kib, 256 * MIB + 2 * per_kib, 4, True, Ideal(rate_kib_s))
+        VirtualDomain(i + 1, 256 * MIB, 256 * MIB + 2 * per_kib, 256 * MIB + 2 * per_kib,
+                      256 * MIB + 2 * per_kib, 256 * MIB + 2 * per_kib, 4, True, Ideal(rate_kib_s))
         for i in range(n)
     ]
     host = SimulatedHost(0, doms, clock=RealClock())

@@ -41,8 +41,9 @@ from squeezed.engine import EngineConfig, free_memory
 from squeezed.engine.errors import CannotFree, DomainsRefused
 from squeezed.rpc.client import ConnectionFailed, MemoryClient
 from squeezed.sim.drivers import Ideal, Stuck
-from squeezed.sim.virtual import RealClock, SimDomain, SimulatedHost, VirtualClock
-from squeezed.sim.xenhost import PAGE_KIB, SimulatedXenHost
+from squeezed.sim.virtual.clock import RealClock, VirtualClock
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
+from squeezed.sim.xenhost.host import PAGE_KIB, SimulatedXenHost
 from squeezed.xen.host import DOMAIN_KEYS
 from squeezed.xen.xs_wire import Op, Parser, encode, join_strings
 
@@ -57,9 +58,9 @@ ANALYSIS_MARKER = "<!-- analysis: kept by bench_scale.py -->"
 ENGINE_CASES = [(10, 100, 1), (10, 10, 1), (100, 10, 10), (1000, 1, 1), (10000, 1, 10)]
 
 
-def ideal_domains(n: int, rate_kib_s: int, driver: Any = None) -> list[SimDomain]:
-    return [SimDomain(i + 1, 512 * MIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4, True,
-                      driver if driver is not None else Ideal(rate_kib_s)) for i in range(n)]
+def ideal_domains(n: int, rate_kib_s: int, driver: Any = None) -> list[VirtualDomain]:
+    return [VirtualDomain(i + 1, 512 * MIB, 2 * GIB, 2 * GIB, 2 * GIB, 2 * GIB, 4, True,
+                          driver if driver is not None else Ideal(rate_kib_s)) for i in range(n)]
 
 
 # ---- 1. simulators ---------------------------------------------------------------------
@@ -110,7 +111,8 @@ def bench_sim_idle(n: int, window_s: float) -> dict:
     return {"n": n, "cpu_frac": cpu, "window_s": window_s}
 
 
-XENSTORED_MAIN = ("import sys; from squeezed.sim.xenstored import main_xenstored; "
+XENSTORED_MAIN = ("import sys; "
+                  "from squeezed.sim.xenhost.xenstored.server import main_xenstored; "
                   "main_xenstored(['--socket', sys.argv[1]])")
 
 

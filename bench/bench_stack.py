@@ -21,7 +21,7 @@ import time
 from squeezed.engine.operations import EngineConfig
 from squeezed.service import MemoryService
 from squeezed.sim.drivers import Ideal
-from squeezed.sim.xenhost import SimulatedXenHost
+from squeezed.sim.xenhost.host import SimulatedXenHost
 from squeezed.xen.host import XenHost
 from squeezed.xen.xenctrl import XenCtrl
 from squeezed.xen.xenstore import Watcher, XenstoreClient

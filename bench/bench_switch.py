@@ -22,7 +22,7 @@ from squeezed.rpc.client import MemoryClient  # noqa: E402
 from squeezed.rpc.codec import JsonCodec  # noqa: E402
 from squeezed.rpc.dispatch import Dispatcher  # noqa: E402
 from squeezed.rpc.server import JsonRpcServer  # noqa: E402
-from squeezed.sim.switch import SimulatedSwitch  # noqa: E402
+from squeezed.sim.xenhost.switch import SimulatedSwitch  # noqa: E402
 from squeezed.switch.client import SwitchClient, SwitchMemoryClient  # noqa: E402
 from squeezed.switch.server import SwitchServer  # noqa: E402
 

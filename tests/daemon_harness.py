@@ -13,7 +13,7 @@ from pathlib import Path
 
 from squeezed.errors import MemoryInterfaceError
 from squeezed.rpc.client import ConnectionFailed, MemoryClient
-from squeezed.sim.xenhost import SimulatedXenHost, ideal_driver
+from squeezed.sim.xenhost.host import SimulatedXenHost, ideal_driver
 
 GIB = 1 << 20
 MIB = 1 << 10

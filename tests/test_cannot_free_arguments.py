@@ -16,7 +16,7 @@ from squeezed.engine.model import Domain, Host
 from squeezed.engine.operations import EngineConfig, free_memory_range, reserve
 from squeezed.errors import CannotFreeThisMuchMemory
 from squeezed.service import MemoryService
-from squeezed.sim.virtual import SimulatedHost
+from squeezed.sim.virtual.host import SimulatedHost
 
 R = 50  # the kept reserve, KiB
 

@@ -32,7 +32,7 @@ from squeezed.errors import (
 from squeezed.rpc import jsonrpc
 from squeezed.rpc.dispatch import Dispatcher, unmarshal
 from squeezed.service import Dom0Policy, MemoryService
-from squeezed.sim.virtual import SimDomain, SimulatedHost
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "compatibility.md"
@@ -153,7 +153,7 @@ def _login() -> None:
 def _net_amounts() -> None:
     # 100 MiB free, nothing can balloon, reserve 8 MiB: upstream answers
     # (asked + 8 - 8, 100 - 8) MiB.
-    svc, _ = service(100 * MIB, [SimDomain(1, 500 * MIB, 500 * MIB, 500 * MIB, 500 * MIB,
+    svc, _ = service(100 * MIB, [VirtualDomain(1, 500 * MIB, 500 * MIB, 500 * MIB, 500 * MIB,
                                             500 * MIB, can_balloon=False)])
     with pytest.raises(CannotFreeThisMuchMemory) as e:
         svc.reserve_memory("t", "s", 300 * MIB)

@@ -22,7 +22,7 @@ from squeezed.engine.operations import EngineConfig
 from squeezed.errors import CannotFreeThisMuchMemory
 from squeezed.service import MemoryService
 from squeezed.sim.drivers import Ideal
-from squeezed.sim.xenhost import SimulatedXenHost, ideal_driver
+from squeezed.sim.xenhost.host import SimulatedXenHost, ideal_driver
 from squeezed.xen.host import XenHost
 from squeezed.xen.xenctrl import XenCtrl, XenCtrlError
 from squeezed.xen.xenstore import XenstoreClient, XenstoreError
@@ -360,7 +360,7 @@ def test_backend_facts_become_domain_flags() -> None:
 @pytest.mark.slow
 def test_views_through_the_message_switch(short_tmp, sim) -> None:
     """top and metrics the way xenopsd reaches squeezed: its queue on message-switch."""
-    from squeezed.sim.switch import SimulatedSwitch
+    from squeezed.sim.xenhost.switch import SimulatedSwitch
 
     switch = SimulatedSwitch(str(short_tmp / "switch")).start()
     daemon = DaemonProcess(short_tmp, sim)

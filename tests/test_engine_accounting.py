@@ -16,7 +16,7 @@ from squeezed.engine.errors import CannotFree, DeadlineExceeded, DomainsRefused,
 from squeezed.engine.model import Domain, Host
 from squeezed.engine.operations import EngineConfig, OpStats
 from squeezed.sim.drivers import Ideal, Stuck
-from squeezed.sim.virtual import SimDomain, SimulatedHost
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 MIB = 1024
 
@@ -69,11 +69,11 @@ def test_write_order_and_counts(d, target, maxmem, calls) -> None:
     assert io.calls == calls
 
 
-def guest(domid: int, actual: int, dmin: int, driver=None, **kw) -> SimDomain:
+def guest(domid: int, actual: int, dmin: int, driver=None, **kw) -> VirtualDomain:
     # inaccuracy 0: targets are exactly the proportional shares (no allowance)
-    return SimDomain(domid=domid, dynamic_min_kib=dmin, dynamic_max_kib=actual, target_kib=actual,
-                     actual_kib=actual, maxmem_kib=actual, driver=driver or Ideal(100 * MIB),
-                     inaccuracy_kib=0, **kw)
+    return VirtualDomain(domid=domid, dynamic_min_kib=dmin, dynamic_max_kib=actual,
+                         target_kib=actual, actual_kib=actual, maxmem_kib=actual,
+                         driver=driver or Ideal(100 * MIB), inaccuracy_kib=0, **kw)
 
 
 def test_one_guest_squeezed_once() -> None:
@@ -172,31 +172,31 @@ def test_operation_timeout_message() -> None:
 def test_is_unbalanced() -> None:
     cfg = EngineConfig(reserve_kib=8 * MIB, tolerance_kib=512)
     # a guest below its dynamic_max and free memory to give: unbalanced
-    low = SimDomain(1, 100 * MIB, 2000 * MIB, 1000 * MIB, 1000 * MIB, 2000 * MIB,
-                    driver=Ideal(100 * MIB))
+    low = VirtualDomain(1, 100 * MIB, 2000 * MIB, 1000 * MIB, 1000 * MIB, 2000 * MIB,
+                        driver=Ideal(100 * MIB))
     assert ops.is_unbalanced(SimulatedHost(500 * MIB, [low]), cfg) is True
     # everything at dynamic_max: nothing to change
-    full = SimDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                     driver=Ideal(100 * MIB))
+    full = VirtualDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
+                         driver=Ideal(100 * MIB))
     assert ops.is_unbalanced(SimulatedHost(500 * MIB, [full]), cfg) is False
     # free memory already at the reserve, maxmem at the target: balanced
-    settled = SimDomain(1, 100 * MIB, 2000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                        inaccuracy_kib=0, driver=Ideal(100 * MIB))
+    settled = VirtualDomain(1, 100 * MIB, 2000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
+                            inaccuracy_kib=0, driver=Ideal(100 * MIB))
     assert ops.is_unbalanced(SimulatedHost(8 * MIB, [settled]), cfg) is False
     # ... but a maxmem above the target is something to write
     assert ops.is_unbalanced(SimulatedHost(8 * MIB, [low]), cfg) is True
 
 
 def test_balance_gives_free_memory_to_guests() -> None:
-    low = SimDomain(1, 100 * MIB, 2000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                    inaccuracy_kib=0, driver=Ideal(100 * MIB))
+    low = VirtualDomain(1, 100 * MIB, 2000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
+                        inaccuracy_kib=0, driver=Ideal(100 * MIB))
     host = RecordingHost(508 * MIB, [low])
     stats = ops.balance(host, EngineConfig(reserve_kib=8 * MIB))
     # all but the reserve goes to the guest: maxmem raised first, then the target
     assert host.calls == [("maxmem", 1, 1500 * MIB), ("target", 1, 1500 * MIB)]
     assert stats is not None
-    full = SimDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                     inaccuracy_kib=0, driver=Ideal(100 * MIB))
+    full = VirtualDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
+                         inaccuracy_kib=0, driver=Ideal(100 * MIB))
     idle = RecordingHost(508 * MIB, [full])
     ops.balance(idle, EngineConfig(reserve_kib=8 * MIB))
     assert idle.calls == []  # every guest at dynamic_max: nothing to write
@@ -228,7 +228,7 @@ def test_each_operation_begins_once() -> None:
 
 
 def test_clock_not_starting_at_zero() -> None:
-    from squeezed.sim.virtual import VirtualClock
+    from squeezed.sim.virtual.clock import VirtualClock
 
     host = SimulatedHost(0, [guest(1, 1000 * MIB, 100 * MIB)], clock=VirtualClock(1000.0))
     stats = ops.free_memory(host, EngineConfig(reserve_kib=0), 300 * MIB)
@@ -293,8 +293,8 @@ def test_flagged_guest_at_dynamic_min_is_not_blamed() -> None:
 
 
 def test_balance_logs_and_never_gives_back(caplog) -> None:
-    full = SimDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                     inaccuracy_kib=0, driver=Ideal(100 * MIB))
+    full = VirtualDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
+                         inaccuracy_kib=0, driver=Ideal(100 * MIB))
     with caplog.at_level(logging.DEBUG, logger="squeezed.engine"):
         assert ops.balance(SimulatedHost(508 * MIB, [full]), EngineConfig(reserve_kib=8 * MIB)) \
             is None
@@ -325,10 +325,10 @@ def test_inactive_reason_for_a_flagged_guest(caplog) -> None:
 def test_two_phase_frees_before_it_allocates() -> None:
     # no free memory; A holds 1500 MiB, B 500 MiB, both min 100 max 2000: the
     # balanced shares are 1000 MiB each. A must free 500 before B may grow.
-    a = SimDomain(1, 100 * MIB, 2000 * MIB, 1500 * MIB, 1500 * MIB, 1500 * MIB,
-                  inaccuracy_kib=0, driver=Ideal(100 * MIB))
-    b = SimDomain(2, 100 * MIB, 2000 * MIB, 500 * MIB, 500 * MIB, 500 * MIB,
-                  inaccuracy_kib=0, driver=Ideal(100 * MIB))
+    a = VirtualDomain(1, 100 * MIB, 2000 * MIB, 1500 * MIB, 1500 * MIB, 1500 * MIB,
+                      inaccuracy_kib=0, driver=Ideal(100 * MIB))
+    b = VirtualDomain(2, 100 * MIB, 2000 * MIB, 500 * MIB, 500 * MIB, 500 * MIB,
+                      inaccuracy_kib=0, driver=Ideal(100 * MIB))
     host = RecordingHost(0, [a, b])
     ops.balance(host, EngineConfig(reserve_kib=0))
     assert host.calls == [("target", 1, 1000 * MIB), ("maxmem", 1, 1000 * MIB),
@@ -343,8 +343,8 @@ def test_ideal_share_of_a_new_domain() -> None:
     # minimum (900 MiB; the newcomer, holding nothing, counts as 0, not -100)
     # is shared in proportion to the ranges (900 and 400 MiB): the newcomer
     # gets 100 + 400 * 900 / 1300 MiB.
-    host = SimulatedHost(0, [SimDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
-                                       1000 * MIB, inaccuracy_kib=0)])
+    host = SimulatedHost(0, [VirtualDomain(1, 100 * MIB, 1000 * MIB, 1000 * MIB, 1000 * MIB,
+                                           1000 * MIB, inaccuracy_kib=0)])
     expected_kib = 100 * MIB + 400 * MIB * 900 // 1300
     got = ops.ideal_new_domain_kib(host.snapshot(), EngineConfig(reserve_kib=0), 100 * MIB,
                                    500 * MIB)

@@ -16,7 +16,7 @@ from squeezed.engine.errors import DomainsRefused
 from squeezed.engine.model import Domain
 from squeezed.engine.operations import EngineConfig, OpStats
 from squeezed.sim.drivers import Ideal, Stuck
-from squeezed.sim.virtual import SimDomain, SimulatedHost
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 MIB = 1024
 
@@ -109,13 +109,13 @@ class BatchHost(Host):
             self._check()
 
 
-def guest(domid: int, actual: int, dmin: int, driver=None) -> SimDomain:
-    return SimDomain(domid=domid, dynamic_min_kib=dmin, dynamic_max_kib=actual, target_kib=actual,
-                     actual_kib=actual, maxmem_kib=actual, driver=driver or Ideal(100 * MIB),
-                     inaccuracy_kib=0)
+def guest(domid: int, actual: int, dmin: int, driver=None) -> VirtualDomain:
+    return VirtualDomain(domid=domid, dynamic_min_kib=dmin, dynamic_max_kib=actual,
+                         target_kib=actual, actual_kib=actual, maxmem_kib=actual,
+                         driver=driver or Ideal(100 * MIB), inaccuracy_kib=0)
 
 
-def guests(stuck: bool) -> list[SimDomain]:
+def guests(stuck: bool) -> list[VirtualDomain]:
     return [guest(i, 1000 * MIB, 100 * MIB, Stuck() if stuck and i == 1 else None)
             for i in range(1, 6)]
 

@@ -18,7 +18,7 @@ from squeezed.engine import operations as ops
 from squeezed.engine.model import Domain, Host
 from squeezed.engine.operations import EngineConfig
 from squeezed.sim.drivers import Ideal, Stuck
-from squeezed.sim.virtual import SimDomain, SimulatedHost
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 from tests.test_engine_accounting import RecordingHost
 
 MIB = 1024
@@ -26,13 +26,13 @@ ENGINE = "squeezed.engine"
 
 
 def sim(domid: int, actual: int, *, dmin: int, dmax: int | None = None, target: int | None = None,
-        maxmem: int | None = None, driver=None, can_balloon: bool = True) -> SimDomain:
-    return SimDomain(domid=domid, dynamic_min_kib=dmin,
-                     dynamic_max_kib=actual if dmax is None else dmax,
-                     target_kib=actual if target is None else target, actual_kib=actual,
-                     maxmem_kib=actual if maxmem is None else maxmem,
-                     driver=driver or Ideal(100 * MIB), inaccuracy_kib=0,
-                     can_balloon=can_balloon)
+        maxmem: int | None = None, driver=None, can_balloon: bool = True) -> VirtualDomain:
+    return VirtualDomain(domid=domid, dynamic_min_kib=dmin,
+                         dynamic_max_kib=actual if dmax is None else dmax,
+                         target_kib=actual if target is None else target, actual_kib=actual,
+                         maxmem_kib=actual if maxmem is None else maxmem,
+                         driver=driver or Ideal(100 * MIB), inaccuracy_kib=0,
+                         can_balloon=can_balloon)
 
 
 def messages(caplog) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from squeezed.engine import EngineConfig, balance, free_memory, free_memory_range, reserve
 from squeezed.engine.errors import CannotFree, DomainsRefused
 from squeezed.sim.drivers import Ceiling, Floor, Ideal, Intermittent, SlowStart, Stuck
-from squeezed.sim.virtual import SimDomain, SimulatedHost
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 STUCK_AFTER_S = 2.0  # shorter than the default so examples run quickly
 MAX_SIM_S = 120.0  # far beyond any legitimate operation here
@@ -73,10 +73,10 @@ def domains(draw, domid: int):
     inacc = draw(st.sampled_from([0, 4, 16]))
     can_balloon = draw(st.integers(0, 5)) > 0
     if not can_balloon:  # not squeezed by the engine: give it no reason to move
-        return SimDomain(domid, dmin, dmax, target, target, target, inacc, False, Stuck())
+        return VirtualDomain(domid, dmin, dmax, target, target, target, inacc, False, Stuck())
     actual = draw(st.integers(max(0, target - inacc), target + inacc))
-    return SimDomain(domid, dmin, dmax, target, actual, max(target, actual), inacc, True,
-                     draw(drivers(dmin, actual)))
+    return VirtualDomain(domid, dmin, dmax, target, actual, max(target, actual), inacc, True,
+                         draw(drivers(dmin, actual)))
 
 
 @st.composite
@@ -93,7 +93,7 @@ percents = st.one_of(st.sampled_from([30, 60, 80, 90, 95, 99, 100, 101, 110]),
 ops = st.tuples(st.sampled_from(["free", "reserve", "range", "balance"]), percents, percents)
 
 
-def capacity_kib(free_kib: int, doms: list[SimDomain]) -> int:
+def capacity_kib(free_kib: int, doms: list[VirtualDomain]) -> int:
     return free_kib + sum(max(0, d.actual_kib - d.dynamic_min_kib) for d in doms if d.can_balloon)
 
 
@@ -106,14 +106,14 @@ def could_still_take_kib(host: SimulatedHost) -> int:
     )
 
 
-def surely_possible(free_kib: int, doms: list[SimDomain], required_kib: int) -> bool:
+def surely_possible(free_kib: int, doms: list[VirtualDomain], required_kib: int) -> bool:
     balloonable = [d for d in doms if d.can_balloon]
     if not all(isinstance(d.driver, Ideal) for d in balloonable):
         return False
     return free_kib + sum(d.to_engine().min_freeable_kib for d in balloonable) >= required_kib
 
 
-def check_ranges_and_physics(host: RecordingHost, before: dict[int, SimDomain]) -> None:
+def check_ranges_and_physics(host: RecordingHost, before: dict[int, VirtualDomain]) -> None:
     for domid, t in host.targets_written:
         d = before[domid]
         assert d.dynamic_min_kib <= t <= d.dynamic_max_kib, (domid, t)
@@ -121,7 +121,7 @@ def check_ranges_and_physics(host: RecordingHost, before: dict[int, SimDomain]) 
 
 
 def _dom(domid, dmin, dmax, target, actual, maxmem, inacc, driver):
-    return SimDomain(domid, dmin, dmax, target, actual, maxmem, inacc, True, driver)
+    return VirtualDomain(domid, dmin, dmax, target, actual, maxmem, inacc, True, driver)
 
 
 @PROPERTY_SETTINGS
@@ -135,7 +135,7 @@ def _dom(domid, dmin, dmax, target, actual, maxmem, inacc, driver):
               _dom(2, 318, 318, 318, 309, 318, 16, Ceiling(200, 315))]), ("free", 95, 30), 0)
 def test_engine_properties(host_spec, op, reserve_kib):
     free_kib, doms = host_spec
-    before = {d.domid: SimDomain(**{**d.__dict__}) for d in doms}
+    before = {d.domid: VirtualDomain(**{**d.__dict__}) for d in doms}
     host = RecordingHost(free_kib, doms)
     host.deadline_s = MAX_SIM_S  # termination: SimulationTimeout fails the test
     cfg = EngineConfig(reserve_kib=reserve_kib, tolerance_kib=64, stuck_after_s=STUCK_AFTER_S)
@@ -212,8 +212,8 @@ def test_failure_is_fast_when_impossible(host_spec, kib):
                 max_size=6),
        st.integers(0, 20000))
 def test_ideal_drivers_always_succeed_when_possible(specs, kib):
-    doms = [SimDomain(i + 1, dmin, dmin + rng, dmin + rng, dmin + rng, dmin + rng, 4, True,
-                      Ideal(rate))
+    doms = [VirtualDomain(i + 1, dmin, dmin + rng, dmin + rng, dmin + rng, dmin + rng, 4, True,
+                          Ideal(rate))
             for i, (dmin, rng, rate) in enumerate(specs)]
     # Surely possible: even if every driver stops a full inaccuracy short.
     sure = kib == 0 or sum(d.min_freeable_kib for d in (x.to_engine() for x in doms)) >= kib

@@ -21,7 +21,8 @@ from squeezed.engine.model import Action, Domain, Host
 from squeezed.engine.operations import EngineConfig
 from squeezed.engine.squeezer import Squeezer, StucknessMonitor, Verdict
 from squeezed.sim.drivers import Ideal, Stuck
-from squeezed.sim.virtual import SimDomain, SimulatedHost, VirtualClock
+from squeezed.sim.virtual.clock import VirtualClock
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 MIB = 1024
 
@@ -122,15 +123,21 @@ class WaitRecorder(SimulatedHost):
     def __init__(self, *a, **kw) -> None:
         super().__init__(*a, **kw)
         self.waits: list[float] = []
+        self.snapshots_taken = 0
+
+    def snapshot(self) -> Host:
+        self.snapshots_taken += 1
+        return super().snapshot()
 
     def wait(self, seconds: float) -> None:
         self.waits.append(seconds)
         super().wait(seconds)
 
 
-def guest(domid: int, actual: int, dmin: int, driver, **kw) -> SimDomain:
-    return SimDomain(domid=domid, dynamic_min_kib=dmin, dynamic_max_kib=actual, target_kib=actual,
-                     actual_kib=actual, maxmem_kib=actual, driver=driver, inaccuracy_kib=0, **kw)
+def guest(domid: int, actual: int, dmin: int, driver, **kw) -> VirtualDomain:
+    return VirtualDomain(domid=domid, dynamic_min_kib=dmin, dynamic_max_kib=actual,
+                         target_kib=actual, actual_kib=actual, maxmem_kib=actual, driver=driver,
+                         inaccuracy_kib=0, **kw)
 
 
 POLL = dict(reserve_kib=0, min_poll_s=0.125, max_poll_s=1.0)

@@ -13,15 +13,8 @@ import pytest
 from squeezed.engine import EngineConfig
 from squeezed.sim import cli
 from squeezed.sim.drivers import Floor
-from squeezed.sim.scenario import (
-    ScenarioError,
-    build_host,
-    demo_path,
-    engine_config,
-    load,
-    loads,
-    run,
-)
+from squeezed.sim.scenario import ScenarioError, demo_path, load, loads
+from squeezed.sim.virtual.runner import build_host, engine_config, run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.toml"))
@@ -410,8 +403,8 @@ def test_cli_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path, 
 
 def test_cli_xenstored_is_delegated(monkeypatch):
     seen = []
-    fake = types.ModuleType("squeezed.sim.xenstored")
+    fake = types.ModuleType("squeezed.sim.xenhost.xenstored.server")
     fake.main_xenstored = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "squeezed.sim.xenstored", fake)
+    monkeypatch.setitem(sys.modules, "squeezed.sim.xenhost.xenstored.server", fake)
     assert cli.main(["xenstored", "--socket", "/tmp/xs.sock"]) == 0
     assert seen == [["--socket", "/tmp/xs.sock"]]

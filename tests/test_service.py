@@ -17,7 +17,7 @@ from squeezed.engine.errors import CannotFree
 from squeezed.errors import CannotFreeThisMuchMemory, DomainsRefusedToCooperate, InternalError
 from squeezed.service import Dom0Policy, MemoryService
 from squeezed.sim.drivers import Ideal, Stuck
-from squeezed.sim.virtual import SimDomain, SimulatedHost
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 MIB = 1024  # KiB
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -26,12 +26,12 @@ RESERVE = 8 * MIB
 
 
 def dom(domid: int, actual: int, *, dmin: int | None = None, target: int | None = None,
-        can_balloon: bool = True, driver=None) -> SimDomain:
+        can_balloon: bool = True, driver=None) -> VirtualDomain:
     target = actual if target is None else target
-    return SimDomain(domid=domid, dynamic_min_kib=actual if dmin is None else dmin,
-                     dynamic_max_kib=max(actual, target), target_kib=target, actual_kib=actual,
-                     maxmem_kib=max(actual, target), can_balloon=can_balloon,
-                     driver=driver if driver is not None else Ideal(1 << 20))
+    return VirtualDomain(domid=domid, dynamic_min_kib=actual if dmin is None else dmin,
+                         dynamic_max_kib=max(actual, target), target_kib=target, actual_kib=actual,
+                         maxmem_kib=max(actual, target), can_balloon=can_balloon,
+                         driver=driver if driver is not None else Ideal(1 << 20))
 
 
 def make(free_kib: int, domains=(), **cfg) -> tuple[MemoryService, SimulatedHost]:

@@ -18,15 +18,16 @@ from squeezed.sim.drivers import (
     Stuck,
     make_driver,
 )
-from squeezed.sim.virtual import SimDomain, SimulatedHost, SimulationTimeout, VirtualClock
+from squeezed.sim.virtual.clock import VirtualClock
+from squeezed.sim.virtual.host import SimulatedHost, SimulationTimeout, VirtualDomain
 
 BIG_KIB = 10**9
 
 
-def dom(domid: int, actual: int, target: int | None = None, driver=None, **kw) -> SimDomain:
+def dom(domid: int, actual: int, target: int | None = None, driver=None, **kw) -> VirtualDomain:
     target = actual if target is None else target
     kw.setdefault("maxmem_kib", max(actual, target))
-    return SimDomain(
+    return VirtualDomain(
         domid=domid,
         dynamic_min_kib=kw.pop("dynamic_min_kib", 0),
         dynamic_max_kib=kw.pop("dynamic_max_kib", 10**7),

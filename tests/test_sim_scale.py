@@ -8,7 +8,8 @@ from typing import ClassVar
 
 from squeezed.sim import scenario
 from squeezed.sim.drivers import Ideal
-from squeezed.sim.virtual import SimDomain, SimulatedHost
+from squeezed.sim.virtual import runner
+from squeezed.sim.virtual.host import SimulatedHost, VirtualDomain
 
 MIB = 1024
 GIB = 1024 * MIB
@@ -55,7 +56,7 @@ def thousand_guests_scenario(n: int = 1000) -> scenario.Scenario:
 
 def test_a_thousand_guests_free_memory_in_virtual_time_with_bounded_work():
     sc = thousand_guests_scenario()
-    host = scenario.build_host(sc)
+    host = runner.build_host(sc)
     for d in host.domains:
         d.driver = CountingIdeal(d.driver.rate_kib_s)  # type: ignore[attr-defined]
     per_step: list[int] = []
@@ -65,7 +66,7 @@ def test_a_thousand_guests_free_memory_in_virtual_time_with_bounded_work():
         STEPS[0] = 0
 
     STEPS[0] = 0
-    result = scenario.run(sc, host, on_step=on_step)
+    result = runner.run(sc, host, on_step=on_step)
     assert result["ok"], result["steps"][0]["failures"] or result["violations"]
     reserve, idle = result["steps"]
     limit_s = 1000 * MIB / (1000 * MIB)  # X / (N * R), in virtual seconds
@@ -80,7 +81,7 @@ def test_a_thousand_guests_free_memory_in_virtual_time_with_bounded_work():
 
 def test_a_write_costs_no_physics_and_the_old_target_holds_until_it():
     clock = ManualClock()
-    doms = [SimDomain(i, 0, 4000, 1000, 1000, 4000, 4, True, CountingIdeal(1000))
+    doms = [VirtualDomain(i, 0, 4000, 1000, 1000, 4000, 4, True, CountingIdeal(1000))
             for i in range(1, 101)]
     host = SimulatedHost(0, doms, clock=clock, tick_s=0.01)
     host.release(10_000)
@@ -114,7 +115,7 @@ def _wait_for(pred, timeout_s: float = 20.0) -> None:
 def test_idle_guests_of_the_real_interface_host_are_not_moved(tmp_path, monkeypatch):
     import time
 
-    from squeezed.sim.xenhost import PAGE_KIB, SimulatedXenHost
+    from squeezed.sim.xenhost.host import PAGE_KIB, SimulatedXenHost
 
     sim = SimulatedXenHost(tmp_path, total_kib=(200 * 64 + 2048) * MIB).start()
     try:
@@ -169,7 +170,7 @@ def test_queue_collapses_once_for_a_burst_from_thousands_of_watches():
 def test_snapshot_reuses_unchanged_domains_and_sees_every_change(tmp_path, monkeypatch):
     import threading
 
-    from squeezed.sim.xenhost import SimulatedXenHost
+    from squeezed.sim.xenhost.host import SimulatedXenHost
     from squeezed.xen.host import XenHost
     from squeezed.xen.xenctrl import XenCtrl
     from squeezed.xen.xenstore import Watcher, XenstoreClient

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from squeezed.sim.switch import SimulatedSwitch, SwitchState
+from squeezed.sim.xenhost.switch import SimulatedSwitch, SwitchState
 from squeezed.switch import protocol as p
 from squeezed.switch.client import Connection
 

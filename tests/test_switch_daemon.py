@@ -14,8 +14,8 @@ import pytest
 from daemon_harness import GIB, MIB, DaemonProcess, make_sim
 
 from squeezed.rpc.client import NoReply
-from squeezed.sim.switch import SimulatedSwitch
-from squeezed.sim.xenhost import SimulatedXenHost, ideal_driver
+from squeezed.sim.xenhost.host import SimulatedXenHost, ideal_driver
+from squeezed.sim.xenhost.switch import SimulatedSwitch
 from squeezed.switch.client import SwitchClient, SwitchMemoryClient
 from squeezed.switch.exactly_once import RECORDS_PATH
 from squeezed.xen.host import STATE_PATH

@@ -11,7 +11,7 @@ import pytest
 from squeezed.engine import EngineConfig
 from squeezed.errors import CannotFreeThisMuchMemory
 from squeezed.service import MemoryService
-from squeezed.sim.virtual import SimulatedHost
+from squeezed.sim.virtual.host import SimulatedHost
 from squeezed.switch.exactly_once import (
     ExactlyOnce,
     MemoryRecords,

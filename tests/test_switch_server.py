@@ -18,7 +18,7 @@ from test_wire_golden import ERROR_GOLDEN, GOLDEN, JSON_CALL, JSON_FAIL, JSON_OK
 
 from squeezed.rpc.codec import JsonCodec
 from squeezed.rpc.dispatch import Dispatcher
-from squeezed.sim.switch import SimulatedSwitch
+from squeezed.sim.xenhost.switch import SimulatedSwitch
 from squeezed.supervisor import Heartbeats
 from squeezed.switch import protocol as p
 from squeezed.switch.client import SwitchClient, SwitchError

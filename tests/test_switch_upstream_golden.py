@@ -21,7 +21,7 @@ from test_switch_server import Serving
 from squeezed import idl
 from squeezed.errors import from_wire
 from squeezed.rpc.dispatch import unmarshal
-from squeezed.sim.switch import SimulatedSwitch
+from squeezed.sim.xenhost.switch import SimulatedSwitch
 from squeezed.switch import protocol as p
 from squeezed.switch.client import SwitchClient
 

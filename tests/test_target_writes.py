@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from squeezed.sim.xenstored import XenstoreCore, Xenstored
+from squeezed.sim.xenhost.xenstored.core import XenstoreCore
+from squeezed.sim.xenhost.xenstored.server import Xenstored
 from squeezed.xen import target_writes
 from squeezed.xen.target_writes import write_if_domains_exist, write_targets
 from squeezed.xen.xenstore import XenstoreClient, XenstoreConnectionError, XenstoreError
@@ -373,6 +374,6 @@ def test_without_pipelining_one_transaction_at_a_time(xsd: Xenstored) -> None:
 
 def test_module_defaults() -> None:
     # A batch leaves room for other transactions within the simulated xenstored's limit.
-    from squeezed.sim import xenstored
+    from squeezed.sim.xenhost.xenstored import core
 
-    assert 2 * target_writes.DEFAULT_CHUNK <= xenstored.MAX_TRANSACTIONS_PER_CONN
+    assert 2 * target_writes.DEFAULT_CHUNK <= core.MAX_TRANSACTIONS_PER_CONN

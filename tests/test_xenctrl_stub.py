@@ -1,7 +1,7 @@
 """The production binding (squeezed.xen.xenctrl) driving the C stand-in libxenctrl.
 
 The stub is compiled from the real <xenctrl.h>, and its state is the file the
-simulated hypervisor (squeezed.sim.hypervisor) writes, so these tests cover the
+simulated hypervisor (squeezed.sim.xenhost.hypervisor) writes, so these tests cover the
 binding's C ABI use, the stub and the shared-state protocol together.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from squeezed.sim.build import StubBuildError, build_stub
-from squeezed.sim.hypervisor import (
+from squeezed.sim.xenhost.build import StubBuildError, build_stub
+from squeezed.sim.xenhost.hypervisor import (
     PAGES_PER_MIB,
     STATE_ENV,
     STATE_FILE_BYTES,

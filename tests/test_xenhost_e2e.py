@@ -13,7 +13,7 @@ from squeezed.engine.operations import EngineConfig
 from squeezed.errors import DomainsRefusedToCooperate, NoReservation
 from squeezed.service import MemoryService
 from squeezed.sim.drivers import Stuck
-from squeezed.sim.xenhost import SimulatedXenHost, ideal_driver
+from squeezed.sim.xenhost.host import SimulatedXenHost, ideal_driver
 from squeezed.xen.host import DOMAIN_KEYS, XenHost, XenHostError
 from squeezed.xen.xenctrl import XenCtrl
 from squeezed.xen.xenstore import Watcher, XenstoreClient

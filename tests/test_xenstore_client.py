@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from squeezed.sim.xenstored import XenstoreCore, Xenstored
+from squeezed.sim.xenhost.xenstored.core import XenstoreCore
+from squeezed.sim.xenhost.xenstored.server import Xenstored
 from squeezed.xen.xenstore import (
     RECONNECTED,
     CoalescingQueue,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from squeezed.sim.xenstored import Xenstored
+from squeezed.sim.xenhost.xenstored.server import Xenstored
 from squeezed.xen.xenstore import XenstoreClient
 
 TOOLS = ["xenstore-write", "xenstore-read", "xenstore-ls", "xenstore-rm", "xenstore-exists",
@@ -144,7 +144,8 @@ def test_watch_special_introduce_domain(xsd: Xenstored) -> None:
 def test_standalone_entry_point() -> None:
     d = tempfile.mkdtemp(dir="/tmp", prefix="xs")
     sock = os.path.join(d, "sock")
-    code = "import sys; from squeezed.sim.xenstored import main_xenstored as m; m(sys.argv[1:])"
+    code = ("import sys; from squeezed.sim.xenhost.xenstored.server import main_xenstored as m;"
+            " m(sys.argv[1:])")
     proc = subprocess.Popen([sys.executable, "-c", code, "--socket", sock])
     try:
         # The client's connect back-off doubles as "wait until the daemon listens".

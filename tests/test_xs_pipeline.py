@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from squeezed.sim.xenstored import Xenstored
+from squeezed.sim.xenhost.xenstored.server import Xenstored
 from squeezed.xen.xenstore import XenstoreClient, XenstoreConnectionError, XenstoreError
 from squeezed.xen.xs_pipeline import Pipeline, Request
 from squeezed.xen.xs_wire import (

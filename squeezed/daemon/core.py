@@ -35,8 +35,8 @@ from squeezed.supervisor import Supervisor
 
 if TYPE_CHECKING:  # imported when used: a production start never loads the simulator
     from squeezed.rpc.server import RpcServer
-    from squeezed.sim.switch import SimulatedSwitch
-    from squeezed.sim.xenhost import SimulatedXenHost
+    from squeezed.sim.xenhost.host import SimulatedXenHost
+    from squeezed.sim.xenhost.switch import SimulatedSwitch
     from squeezed.switch.server import SwitchServer
     from squeezed.xen.host import XenHost
     from squeezed.xen.xenstore import XenstoreClient
@@ -104,7 +104,7 @@ class Daemon:
         lib = self.cfg.libxenctrl or None
         xs_path = self.cfg.xenstored_socket or None  # None: the client's default
         if self.opts.simulate is not None:
-            from squeezed.sim.launch import start_simulated_host
+            from squeezed.sim.xenhost.launch import start_simulated_host
 
             systemd.status("starting the simulated Xen host")
             self.sim = start_simulated_host(self.opts.simulate or None, self.run_dir)
@@ -195,7 +195,7 @@ class Daemon:
         assert self.service is not None and self.xs is not None
         path = self._path("switch-path", "switch")
         if self.opts.simulate is not None and not self._explicit("switch-path"):
-            from squeezed.sim.switch import SimulatedSwitch
+            from squeezed.sim.xenhost.switch import SimulatedSwitch
 
             self.sim_switch = SimulatedSwitch(path).start()
         self.switch = serving.switch_server(self.service, self.xs, self._xen().reservations,

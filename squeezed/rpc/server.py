@@ -1,5 +1,5 @@
 """The thin I/O shell: HTTP/1.1 POST on a Unix socket, one thread per
-connection (stdlib socketserver), the sans-I/O `framing.RequestFramer` and our
+connection (stdlib socketserver), the sans-I/O `framing.RequestFramer` and `codec.py`'s
 codecs in the middle; this module owns sockets, deadlines, slots and threads.
 
 - `XmlRpcServer` serves the ocaml-rpc XML-RPC dialect (xenopsd's socket,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from squeezed.sim.plot import Marker, Series, have_matplotlib, plot
-from squeezed.sim.scenario import Scenario, ScenarioError, build_host, demo_path, load, run
+from squeezed.sim.scenario import Scenario, ScenarioError, demo_path, load
+from squeezed.sim.virtual.runner import build_host, run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -118,14 +119,14 @@ def plot_recording(path: str, output: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "xenstored":
-        from squeezed.sim.xenstored import main_xenstored  # another module; imported lazily
+        from squeezed.sim.xenhost.xenstored.server import main_xenstored  # imported lazily
 
         return main_xenstored(argv[1:])
     if argv and argv[0] == "switch":
         sp = argparse.ArgumentParser(prog="squeezed-sim switch",
                                      description="Run a simulated message-switch.")
         sp.add_argument("--socket", required=True, help="Unix socket to listen on")
-        from squeezed.sim.switch import serve_forever
+        from squeezed.sim.xenhost.switch import serve_forever
 
         serve_forever(sp.parse_args(argv[1:]).socket)
         return EXIT_OK

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 _EPS = 1e-9  # absorbs float noise such as 100 * 0.30000000000000004
 
@@ -245,9 +245,10 @@ def make_driver(kind: str, **params: float) -> Driver:
     see `squeezed.sim.scenario` for the user-facing checks)."""
     cls = DRIVER_KINDS[kind]
     types = driver_params(kind)
-    return cls(**{k: types[k](v) for k, v in params.items()})
+    driver: Driver = cls(**{k: types[k](v) for k, v in params.items()})
+    return driver
 
 
-def describe_driver(d: Driver) -> dict:
+def describe_driver(d: Driver) -> dict[str, Any]:
     fields = dataclasses.fields(d)  # type: ignore[arg-type]  # every driver is a dataclass
     return {"kind": d.kind, **{f.name: getattr(d, f.name) for f in fields}}

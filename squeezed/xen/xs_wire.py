@@ -6,7 +6,7 @@ Every message is a 16-byte little-endian header ``struct xsd_sockmsg``
 exceptions (READ replies, the value part of WRITE requests) carry raw bytes.
 
 Nothing here touches a socket: the client (``squeezed.xen.xenstore``) and the
-simulated daemon (``squeezed.sim.xenstored``) share this module, so the two ends
+simulated daemon (``squeezed.sim.xenhost.xenstored``) share this module, so the two ends
 cannot disagree about framing.
 """
 

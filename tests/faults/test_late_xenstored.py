@@ -42,6 +42,4 @@ def test_late_xenstored_is_waited_for_while_serving(short_tmp, sim):
         assert wait_for(reserved, timeout_s=20)
         assert d.proc.poll() is None
     finally:
-        if not sim.xenstored.running:
-            sim.xenstored.start()
         d.stop()

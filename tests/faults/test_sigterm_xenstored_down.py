@@ -19,8 +19,6 @@ from tests.faults.xenenv import wait_for
 def sim(short_tmp):
     s = make_sim(short_tmp)
     yield s
-    if not s.xenstored.running:
-        s.xenstored.start()
     s.stop()
 
 

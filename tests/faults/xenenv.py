@@ -15,7 +15,7 @@ from typing import Any
 from squeezed.engine.operations import EngineConfig
 from squeezed.service import MemoryService
 from squeezed.sim.drivers import Driver
-from squeezed.sim.xenhost import SimulatedXenHost, ideal_driver
+from squeezed.sim.xenhost.host import SimulatedXenHost, ideal_driver
 from squeezed.xen.host import XenHost
 from squeezed.xen.xenctrl import XenCtrl
 from squeezed.xen.xenstore import Watcher, XenstoreClient

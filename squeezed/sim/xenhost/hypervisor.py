@@ -100,7 +100,7 @@ class SimPhysInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class SimDomain:
+class SimDomainInfo:
     domid: int
     tot_pages: int
     max_pages: int
@@ -118,12 +118,8 @@ class SimDomain:
     def max_kib(self) -> int:
         return self.max_pages * PAGE_SIZE_KIB
 
-    @property
-    def shadow_pages(self) -> int:
-        return self.shadow_mib * PAGES_PER_MIB
-
     @classmethod
-    def _from_record(cls, domid: int, flags: int, tot: int, mx: int, shadow: int) -> SimDomain:
+    def _from_record(cls, domid: int, flags: int, tot: int, mx: int, shadow: int) -> SimDomainInfo:
         return cls(domid, tot, mx, shadow, bool(flags & XEN_DOMINF_HVM_GUEST),
                    bool(flags & XEN_DOMINF_PAUSED), bool(flags & XEN_DOMINF_SHUTDOWN),
                    bool(flags & XEN_DOMINF_DYING))
@@ -199,7 +195,8 @@ class SimHypervisor:
     # --- raw access (lock held) ---------------------------------------------
 
     def _n(self) -> int:
-        return struct.unpack_from("=I", self._map, _N_DOMAINS_OFFSET)[0]
+        n: int = struct.unpack_from("=I", self._map, _N_DOMAINS_OFFSET)[0]
+        return n
 
     def _set_n(self, n: int) -> None:
         struct.pack_into("=I", self._map, _N_DOMAINS_OFFSET, n)
@@ -276,7 +273,7 @@ class SimHypervisor:
     # --- domains -------------------------------------------------------------
 
     def create_domain(self, domid: int, tot_pages: int, max_pages: int, hvm: bool = False,
-                      paused: bool = False, shadow_mib: int = 0) -> SimDomain:
+                      paused: bool = False, shadow_mib: int = 0) -> SimDomainInfo:
         """Create a domain, taking tot_pages plus its shadow pool from free memory."""
         if not isinstance(domid, int) or not 0 <= domid < DOMID_FIRST_RESERVED:
             raise ValueError(f"invalid domid {domid!r}")
@@ -297,7 +294,7 @@ class SimHypervisor:
             self._map[start + RECORD_BYTES:end + RECORD_BYTES] = self._map[start:end]
             self._put(i, domid, flags, tot_pages, max_pages, shadow_mib)
             self._set_n(n + 1)
-        return SimDomain._from_record(domid, flags, tot_pages, max_pages, shadow_mib)
+        return SimDomainInfo._from_record(domid, flags, tot_pages, max_pages, shadow_mib)
 
     def destroy_domain(self, domid: int) -> None:
         """Remove a domain, returning its pages and shadow pool to free memory."""
@@ -310,16 +307,16 @@ class SimHypervisor:
             self._set_n(n - 1)
             self._take(-(tot + shadow * PAGES_PER_MIB), f"destroying domain {domid}")
 
-    def get_domain(self, domid: int) -> SimDomain:
+    def get_domain(self, domid: int) -> SimDomainInfo:
         with self._locked(write=False):
             _i, (d, flags, tot, mx, shadow, _r) = self._find(domid)
-        return SimDomain._from_record(d, flags, tot, mx, shadow)
+        return SimDomainInfo._from_record(d, flags, tot, mx, shadow)
 
-    def domains(self) -> list[SimDomain]:
+    def domains(self) -> list[SimDomainInfo]:
         """All domains, ascending by domid."""
         with self._locked(write=False):
             raw = bytes(self._map[HEADER_BYTES:HEADER_BYTES + self._n() * RECORD_BYTES])
-        return [SimDomain._from_record(d, f, t, m, s) for d, f, t, m, s, _r in
+        return [SimDomainInfo._from_record(d, f, t, m, s) for d, f, t, m, s, _r in
                 _RECORD.iter_unpack(raw)]
 
     def set_tot_pages(self, domid: int, pages: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from squeezed.sim.scenario import Scenario, demo_path, load
-from squeezed.sim.xenhost import SimulatedXenHost
+from squeezed.sim.xenhost.host import SimulatedXenHost
 
 XEN_KIB = 256 << 10  # what the hypervisor keeps for itself on the simulated host
 

@@ -5,7 +5,7 @@
  * with their real Xen 4.17 signatures: it includes the real <xenctrl.h>, so
  * the compiler rejects any signature or struct drift. Instead of issuing
  * hypercalls it reads and writes a state file shared with the Python
- * simulated hypervisor (squeezed/sim/hypervisor.py), named by the environment
+ * simulated hypervisor (squeezed/sim/xenhost/hypervisor.py), named by the environment
  * variable SQUEEZED_SIM_XC_STATE at xc_interface_open time.
  *
  * State file layout (native byte order, all fields naturally aligned):

@@ -40,13 +40,14 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from squeezed.backend import Reservation
 from squeezed.engine.model import DEFAULT_INACCURACY_KIB, Domain, Host
 from squeezed.engine.operations import OperationAbandoned
 from squeezed.errors import UnknownReservation
 from squeezed.sim.drivers import Driver, Stuck, bound, describe_driver
+from squeezed.sim.virtual.clock import Clock, VirtualClock
 
 _TIME_EPS_S = 1e-9
 _REAL_TICK_COST_FACTOR = 5  # under a real clock, a tick lasts >= 5x its CPU cost
@@ -56,50 +57,12 @@ DEFAULT_MAX_TICK_S = 0.5  # ticks grow up to this while nothing moves
 DEFAULT_MAX_SAMPLES = 4000
 
 
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    def sleep_until(self, t_s: float) -> None: ...
-
-
-class VirtualClock:
-    """Time that passes only when asked to: tests are deterministic and fast."""
-
-    def __init__(self, start_s: float = 0.0) -> None:
-        self._now_s = start_s
-
-    def now(self) -> float:
-        return self._now_s
-
-    def sleep_until(self, t_s: float) -> None:
-        self._now_s = max(self._now_s, t_s)  # time never goes backwards
-
-    def advance(self, seconds: float) -> None:
-        self.sleep_until(self._now_s + max(0.0, seconds))
-
-
-class RealClock:
-    """The monotonic clock, from 0 at construction: drives a simulated host in
-    real time (benchmarks, `squeezed --simulate`)."""
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-
-    def now(self) -> float:
-        return time.monotonic() - self._t0
-
-    def sleep_until(self, t_s: float) -> None:
-        delay_s = t_s - self.now()
-        if delay_s > 0:
-            time.sleep(delay_s)
-
-
 class SimulationTimeout(OperationAbandoned):
     """Virtual time passed `SimulatedHost.deadline_s`: a runaway operation."""
 
 
 @dataclass
-class SimDomain:
+class VirtualDomain:
     """A simulated domain (mutable: the host's own state)."""
 
     domid: int
@@ -133,7 +96,7 @@ class SimDomain:
             return 0
         return max(0, self.initial_reservation_kib - self.actual_kib)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "driver"}
         d["driver"] = describe_driver(self.driver)
         return d
@@ -157,7 +120,7 @@ class SimulatedHost:
     def __init__(
         self,
         free_kib: int,
-        domains: Iterable[SimDomain] = (),
+        domains: Iterable[VirtualDomain] = (),
         *,
         clock: Clock | None = None,
         tick_s: float = DEFAULT_TICK_S,
@@ -167,13 +130,12 @@ class SimulatedHost:
         if free_kib < 0:
             raise ValueError(f"free_kib must be >= 0, got {free_kib}")
         self.clock: Clock = clock if clock is not None else VirtualClock()
-        self.violations: list[dict] = []
-        self.events: list[dict] = []
+        self.violations: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
         self.deadline_s: float | None = None  # wait() past this raises SimulationTimeout
-        self.snapshots_taken = 0
         self._lock = threading.RLock()
         self._raw_free_kib = free_kib
-        self._domains: dict[int, SimDomain] = {}
+        self._domains: dict[int, VirtualDomain] = {}
         self._reservations: dict[tuple[str, str], Reservation] = {}
         self._pending_initial: dict[int, tuple[int, str]] = {}  # transfers to absent domids
         self._base_tick_s = tick_s
@@ -221,7 +183,6 @@ class SimulatedHost:
     def snapshot(self) -> Host:
         with self._lock:
             self._advance_to(self.clock.now())
-            self.snapshots_taken += 1
             reserved = self.reserved_kib()
             free = self._raw_free_kib - reserved
             self._note_free(free)
@@ -255,7 +216,7 @@ class SimulatedHost:
             self._note_replaced(d)
             d.maxmem_kib = maxmem_kib
 
-    def _note_replaced(self, d: SimDomain) -> None:
+    def _note_replaced(self, d: VirtualDomain) -> None:
         t_s = self.clock.now()
         if t_s - self._t_phys_s > _TIME_EPS_S:  # between ticks (real clock only)
             self._replaced.setdefault(d.domid, []).append((t_s, d.target_kib, d.maxmem_kib))
@@ -302,7 +263,7 @@ class SimulatedHost:
         with self._lock:
             return domid in self._domains
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         with self._lock:
             reserved = self.reserved_kib()
             return {
@@ -332,7 +293,7 @@ class SimulatedHost:
         can_balloon: bool = False,
         driver: Driver | None = None,
         destroy_at_s: float | None = None,
-    ) -> SimDomain:
+    ) -> VirtualDomain:
         """A new domain appears (e.g. a VM start), `actual_kib` already
         allocated from free memory by the domain builder. A reservation
         transferred to this domid beforehand becomes its initial-reservation."""
@@ -343,7 +304,7 @@ class SimulatedHost:
             self._advance_to(now_s)
             allocated = self._allocatable(domid, actual_kib)
             self._raw_free_kib -= allocated
-            d = SimDomain(
+            d = VirtualDomain(
                 domid=domid,
                 dynamic_min_kib=target_kib if dynamic_min_kib is None else dynamic_min_kib,
                 dynamic_max_kib=target_kib if dynamic_max_kib is None else dynamic_max_kib,
@@ -401,11 +362,11 @@ class SimulatedHost:
 
     # ---- inspection -----------------------------------------------------------
 
-    def domain(self, domid: int) -> SimDomain | None:
+    def domain(self, domid: int) -> VirtualDomain | None:
         return self._domains.get(domid)
 
     @property
-    def domains(self) -> list[SimDomain]:
+    def domains(self) -> list[VirtualDomain]:
         return list(self._domains.values())
 
     @property
@@ -486,8 +447,8 @@ class SimulatedHost:
         # Only domains that can move; those giving memory back go first: within
         # one tick the host sees frees before allocations, as it would with
         # truly parallel drivers.
-        giving: list[SimDomain] = []
-        taking: list[SimDomain] = []
+        giving: list[VirtualDomain] = []
+        taking: list[VirtualDomain] = []
         for d in self._domains.values():
             if d.actual_kib > d.target_kib:
                 giving.append(d)
@@ -513,7 +474,7 @@ class SimulatedHost:
                     moved = True
         return moved
 
-    def _step_written(self, d: SimDomain, t1_s: float, dt_s: float,
+    def _step_written(self, d: VirtualDomain, t1_s: float, dt_s: float,
                       segments: list[tuple[float, int, int]]) -> None:
         """A tick of a domain written since the last one: each old value
         applies up to the write that replaced it."""
@@ -531,7 +492,7 @@ class SimulatedHost:
         if t1_s > t_s:
             self._step(d, t1_s, t1_s - t_s, d.actual_kib, target_kib, maxmem_kib)
 
-    def _step(self, d: SimDomain, t1_s: float, dt_s: float, actual_kib: int, target_kib: int,
+    def _step(self, d: VirtualDomain, t1_s: float, dt_s: float, actual_kib: int, target_kib: int,
               maxmem_kib: int) -> int:
         """One driver step; the domain's allocation and host free memory follow."""
         new = d.driver.step(t1_s, dt_s, actual_kib, target_kib, maxmem_kib, self._raw_free_kib)
@@ -542,7 +503,7 @@ class SimulatedHost:
             d.actual_kib = new
         return new
 
-    def _destroy_due(self, t_s: float, candidates: Iterable[SimDomain] | None = None) -> bool:
+    def _destroy_due(self, t_s: float, candidates: Iterable[VirtualDomain] | None = None) -> bool:
         pool = self._domains.values() if candidates is None else candidates
         due = [d.domid for d in pool
                if d.destroy_at_s is not None and d.destroy_at_s <= t_s + _TIME_EPS_S

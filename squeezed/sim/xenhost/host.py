@@ -26,15 +26,15 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from squeezed.sim.build import build_stub
 from squeezed.sim.drivers import Driver, Ideal
-from squeezed.sim.hypervisor import InsufficientMemory, NoSuchDomain, SimHypervisor
-from squeezed.sim.xenstored import Xenstored
+from squeezed.sim.xenhost.build import build_stub
+from squeezed.sim.xenhost.hypervisor import InsufficientMemory, NoSuchDomain, SimHypervisor
+from squeezed.sim.xenhost.xenstored.server import Xenstored
 
-log = logging.getLogger("squeezed.sim.xenhost")
+log = logging.getLogger(__name__)
 
 PAGE_KIB = 4
 DEFAULT_RATE_KIB_S = 1 << 20
@@ -58,7 +58,6 @@ class SimGuest:
     can_balloon: bool = True
     build_rate_kib_s: int = 4 << 20  # domain builder speed
     destroy_at_s: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class SimulatedXenHost:
