@@ -404,3 +404,30 @@ def test_a_transfer_waits_for_a_batch_of_target_writes(short_tmp, monkeypatch):
         assert env.xs.read("/local/domain/5/memory/initial-reservation") == str(64 * MIB)
     finally:
         env.close()
+
+
+def test_a_failed_snapshot_leaves_no_mark():
+    """The mark is taken down when a snapshot starts and put back only by a
+    snapshot that got to the end: one that failed (here lowering a maxmem)
+    must not leave an older mark standing."""
+    import errno
+
+    from squeezed.xen.host import XenHostError
+    from squeezed.xen.xenctrl import XenCtrlError
+
+    rng = random.Random(13)
+    h = next(x for x in (random_host(rng) for _ in range(100))
+             if x.all_at_target and not x.to_left_alone)
+    host = watched(h.xc, h.xs)
+    d = next(d for d in host.snapshot().domains if d.can_balloon)
+    assert host.quick_free_kib() is not None
+    di = h.xc.domains[d.domid]
+    h.xc.domains[d.domid] = replace(di, max_pages=di.max_pages + 1024)  # to be lowered
+
+    def refuse(domid: int, kib: int) -> None:
+        raise XenCtrlError("xc_domain_setmaxmem", errno.EPERM)
+
+    h.xc.set_maxmem_kib = refuse  # type: ignore[method-assign]
+    with pytest.raises(XenHostError):
+        host.snapshot()
+    assert host.quick_free_kib() is None

@@ -130,6 +130,7 @@ class XenHost:
         self._cooperation = CooperationTracker()  # under _lock
         self._dom0_maxmem_kib = 0  # domain 0's maxmem as Xen has it (engine frame)
         self._quiet: _QuietMark | None = None
+        self._transfers = 0  # under _accounting
         # A booted domain's keys as parsed, while they stay as they are.
         self._policies: dict[int, tuple[tuple[int, int], Policy | None]] = {}
 
@@ -244,7 +245,9 @@ class XenHost:
         """The host for an operation: waits for the scrubber, calibrates new
         domains' offsets, keeps the uncooperative flags and lowers maxmem.
         Leaves the quiet mark when every balloonable domain is at its target."""
-        epoch = self.cache.epoch
+        with self._accounting:
+            self._quiet = None  # until this snapshot has seen the host quiet
+            epoch, transfers = self.cache.epoch, self._transfers
         phys_before = self._wait_for_scrubber()
         reading = self._read_host(True, phys_before)
         host, all_domids = reading.host, reading.all_domids
@@ -255,9 +258,11 @@ class XenHost:
             if d.can_balloon and maxmem_kib > d.target_kib:
                 self.set_maxmem(d.domid, d.target_kib)  # always safe to lower
         quiet = self.cache.watching and all(d.hit_target for d in host.domains if d.can_balloon)
-        self._quiet = _QuietMark(
-            epoch, self._reader.last_phys[2], frozenset(all_domids),
-            frozenset(reading.left_alone), frozenset(reading.unbooted)) if quiet else None
+        with self._accounting:  # a transfer since the reading: the next snapshot looks
+            if quiet and transfers == self._transfers:
+                self._quiet = _QuietMark(
+                    epoch, self._reader.last_phys[2], frozenset(all_domids),
+                    frozenset(reading.left_alone), frozenset(reading.unbooted))
         return host
 
     @_xenstore_failures
@@ -455,6 +460,7 @@ class XenHost:
         with self._accounting, self._transactions:
             self.xs.transaction(txn)
             self._table.transferred(r, domid)
+            self._transfers += 1
             if self._quiet is not None and domid not in self._quiet.unbooted:
                 self._quiet = None  # a domain the mark does not know: a snapshot looks
             self._set_cached(domid, "memory/initial-reservation", str(r.kib))
