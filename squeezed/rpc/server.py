@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from squeezed.fifolock import arrived
 from squeezed.rpc import framing
 from squeezed.rpc.codec import JsonCodec, Undo, XmlCodec
 from squeezed.rpc.dispatch import Dispatcher
@@ -98,6 +99,9 @@ class _Handler(socketserver.BaseRequestHandler):
         self.framer = framing.RequestFramer(rpc.max_body, bare_json=rpc.raw_json)
         self.deadline = time.monotonic()
         self.close_connection = True
+        # The first request arrived when the accept loop took the connection
+        # (in connect order); a later one when its first bytes came.
+        self.arrived_s: float | None = self.server.accepted_at(self.request)
 
     def _recv(self) -> None:
         """Feed the framer what the socket has, failing once the deadline
@@ -145,13 +149,15 @@ class _Handler(socketserver.BaseRequestHandler):
         except (ConnectionError, BrokenPipeError):
             return
         self.deadline = time.monotonic() + rpc.request_timeout
+        arrived_s, self.arrived_s = self.arrived_s or time.monotonic(), None
         # A slot per request, taken once it has started to arrive.
         if not self.server.slots.acquire(timeout=rpc.slot_wait_s):
             log.warning("rpc %s: too many requests at once; refusing one", rpc.path)
             self.send_error(503, "server busy: too many requests")
             return
         try:
-            self._one_request()
+            with arrived(arrived_s):
+                self._one_request()
         finally:
             self.server.slots.release()
 
@@ -235,6 +241,7 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         self.slots = threading.BoundedSemaphore(rpc.max_connections)
         self._open = 0  # connections with a thread
         self._live: set[socket.socket] = set()
+        self._accepted_s: dict[socket.socket, float] = {}
         self._live_lock = threading.Lock()
         self.ident: tuple[int, int] | None = None
         super().__init__(rpc.path, _Handler)
@@ -276,12 +283,21 @@ class _Server(socketserver.ThreadingUnixStreamServer):
                 )
             self.shutdown_request(request)
             return
+        with self._live_lock:
+            self._accepted_s[request] = time.monotonic()
         try:
             super().process_request(request, client_address)
         except BaseException:
             with self._live_lock:
                 self._open -= 1
+                self._accepted_s.pop(request, None)
             raise
+
+    def accepted_at(self, request: socket.socket) -> float | None:
+        """When the accept loop took this connection (once: later requests
+        on it have their own arrival)."""
+        with self._live_lock:
+            return self._accepted_s.pop(request, None)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         with self._live_lock:
@@ -291,6 +307,7 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         finally:
             with self._live_lock:
                 self._live.discard(request)
+                self._accepted_s.pop(request, None)
                 self._open -= 1
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from squeezed.fifolock import arrived
 from squeezed.supervisor import Heartbeats
 from squeezed.switch import protocol as p
 from squeezed.switch.client import Connection, SwitchError
@@ -202,15 +203,16 @@ class SwitchServer:
             self._in_progress.add(ident.key)
             self._busy += 1
             conn = self._reply_conn
-        threading.Thread(target=self._process, args=(mid, msg, ident, conn),
+        threading.Thread(target=self._process, args=(mid, msg, ident, conn, time.monotonic()),
                          name=f"switch {mid[0]}/{mid[1]}", daemon=True).start()
 
     def _process(self, mid: p.MessageId, msg: p.Message, ident: RequestIdentity,
-                 conn: Connection | None) -> None:
+                 conn: Connection | None, arrived_s: float) -> None:
         answered = False
         try:
             current.set(ident)
-            reply = self.process(msg.payload)
+            with arrived(arrived_s):  # served in the order the reader took them in
+                reply = self.process(msg.payload)
             if self._hold is not None:
                 self._hold("before-reply")
             if conn is None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
+from rpc_fake import FakeService, serving
+
 from faults.svc_helpers import service
 from squeezed.engine import operations as ops
-from squeezed.fifolock import FifoLock
+from squeezed.fifolock import FifoLock, arrived
+from squeezed.rpc import xmlrpc
+from squeezed.rpc.server import XmlRpcServer
 
 
 def _wait_for(cond, timeout_s: float = 10.0) -> None:
@@ -66,3 +71,95 @@ def test_service_operations_run_in_arrival_order(monkeypatch) -> None:
     for t in threads:
         t.join(10)
     assert order == [f"caller-{i}" for i in range(12)]
+
+
+def test_fifo_lock_serves_by_arrival_stamp_not_by_who_reached_it_first() -> None:
+    """A request's thread may reach the lock after a later request's (load,
+    the GIL): the lock is handed in the order the requests arrived."""
+    lock = FifoLock()
+    lock.acquire()
+    order: list[float] = []
+
+    def worker(stamp_s: float) -> None:
+        with arrived(stamp_s), lock:
+            order.append(stamp_s)
+
+    threads = []
+    for n, stamp_s in enumerate([30.0, 10.0, 20.0, 5.0], start=1):
+        t = threading.Thread(target=worker, args=(stamp_s,))
+        t.start()
+        threads.append(t)
+        _wait_for(lambda n=n: lock.waiting() == n)
+    lock.release()
+    for t in threads:
+        t.join(10)
+    assert order == [5.0, 10.0, 20.0, 30.0]
+    assert not lock.locked()
+
+
+def test_a_timed_out_stamped_waiter_leaves_the_queue_in_order() -> None:
+    lock = FifoLock()
+    lock.acquire()
+    order: list[str] = []
+    with arrived(1.0):
+        assert not lock.acquire(timeout=0.01)  # the earliest arrival gives up
+    assert lock.waiting() == 0
+
+    def worker(name: str, stamp_s: float) -> None:
+        with arrived(stamp_s), lock:
+            order.append(name)
+
+    late = threading.Thread(target=worker, args=("late", 3.0))
+    late.start()
+    _wait_for(lambda: lock.waiting() == 1)
+    early = threading.Thread(target=worker, args=("early", 2.0))
+    early.start()
+    _wait_for(lambda: lock.waiting() == 2)
+    lock.release()
+    late.join(10)
+    early.join(10)
+    assert order == ["early", "late"]
+
+
+class _LockedFake(FakeService):
+    """balance_memory queues on one FifoLock, as the service's operations do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = FifoLock()
+        self.served: list[str] = []
+
+    def balance_memory(self, dbg: str) -> None:
+        with self.lock:
+            self.served.append(dbg)
+
+
+def _request(dbg: str) -> bytes:
+    body = xmlrpc.encode_call("balance_memory", [dbg])
+    return (f"POST / HTTP/1.1\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+def test_rpc_requests_are_served_in_the_order_their_connections_came() -> None:
+    """The second caller's request reaches the lock first; the first caller,
+    who connected first, is still served first."""
+    fake = _LockedFake()
+    with serving(XmlRpcServer, fake) as (srv, _):
+        fake.lock.acquire()  # an operation is running
+        first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            for s in (first, second):
+                s.settimeout(10)
+                s.connect(srv.path)
+            second.sendall(_request("second"))
+            _wait_for(lambda: fake.lock.waiting() == 1)
+            first.sendall(_request("first"))
+            _wait_for(lambda: fake.lock.waiting() == 2)
+            fake.lock.release()
+            for s in (first, second):
+                assert b"200 OK" in s.recv(65536)
+        finally:
+            first.close()
+            second.close()
+    assert fake.served == ["first", "second"]
