@@ -12,6 +12,7 @@ docs/testing.md records the score and the survivors judged harmless.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -90,7 +91,15 @@ def run(group: str) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> int:
-    groups = argv or list(GROUPS)
+    ap = argparse.ArgumentParser(
+        description="Mutation testing of squeezed's core modules (mutmut); "
+                    "results in $MUTATION_DIR/<group>/survivors.txt.")
+    ap.add_argument("groups", nargs="*", metavar="GROUP",
+                    help=f"groups to run (default: all): {', '.join(GROUPS)}")
+    groups = ap.parse_args(argv).groups or list(GROUPS)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        ap.error(f"unknown group {', '.join(unknown)} (choose from {', '.join(GROUPS)})")
     rows = []
     for g in groups:
         s = run(g)
