@@ -537,7 +537,11 @@ def report(res: dict) -> str:
                 f"| {r['sync_txn_per_s']:.0f} ({4 * r['sync_txn_per_s']:.0f} requests) |",
                 f"| pipelined READ | {r['pipelined_read_per_s']:.0f} |", "",
                 f"Goal ≥ 20,000 requests/s: "
-                f"{met(max(r['sync_read_per_s'], r['pipelined_read_per_s']) >= 20000)}.", ""]
+                f"{met(max(r['sync_read_per_s'], r['pipelined_read_per_s']) >= 20000)} "
+                "(xenstored's capacity is the pipelined figure; a synchronous client "
+                "measures its own round trip between two Python processes, 10–28k/s "
+                "on this machine depending on its load, for this code and the "
+                "pre-split xenstored alike).", ""]
     if "engine" in res:
         e = res["engine"]
         out += ["## 2. Engine vs upstream", "",
