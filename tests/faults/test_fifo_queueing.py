@@ -163,3 +163,40 @@ def test_rpc_requests_are_served_in_the_order_their_connections_came() -> None:
             first.close()
             second.close()
     assert fake.served == ["first", "second"]
+
+
+def test_fifo_lock_under_timeouts_racing_release_keeps_one_holder_and_loses_no_waiter() -> None:
+    """12 threads, stamped and unstamped, with timeouts that race release():
+    never two holders, nobody left waiting, the lock free at the end."""
+    import contextlib
+    import random
+
+    lock = FifoLock()
+    inside = 0
+    most_inside = 0
+    guard = threading.Lock()
+
+    def worker(seed: int) -> None:
+        nonlocal inside, most_inside
+        rnd = random.Random(seed)
+        for _ in range(300):
+            stamp = (arrived(time.monotonic() - rnd.random() * 0.001) if rnd.random() < 0.5
+                     else contextlib.nullcontext())
+            with stamp:
+                if lock.acquire(timeout=rnd.choice([0, 0.0001, 0.001, -1])):
+                    with guard:
+                        inside += 1
+                        most_inside = max(most_inside, inside)
+                    time.sleep(rnd.random() * 0.0002)
+                    with guard:
+                        inside -= 1
+                    lock.release()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert most_inside == 1
+    assert not lock.locked() and lock.waiting() == 0
