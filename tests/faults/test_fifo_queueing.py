@@ -200,3 +200,42 @@ def test_fifo_lock_under_timeouts_racing_release_keeps_one_holder_and_loses_no_w
     assert not any(t.is_alive() for t in threads)
     assert most_inside == 1
     assert not lock.locked() and lock.waiting() == 0
+
+
+def test_a_waiter_handed_the_lock_as_its_timeout_fires_keeps_it(monkeypatch) -> None:
+    """The race the stress test rarely hits, made certain: the gate's timed wait
+    reports a timeout although release() has just handed the lock over."""
+    import squeezed.fifolock as fifolock
+
+    lock = FifoLock()  # its own mutex is a real lock
+    lock.acquire()
+
+    class LateGate:
+        """A gate whose timed acquire waits for the hand-over, then says 'timed out'."""
+
+        def __init__(self) -> None:
+            self._real = threading.Lock()
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            if timeout == -1:
+                return self._real.acquire()
+            self._real.acquire()  # handed over by release()...
+            return False  # ...just as the timeout fired
+
+        def release(self) -> None:
+            self._real.release()
+
+    class Shim:
+        Lock = LateGate
+
+    monkeypatch.setattr(fifolock, "threading", Shim)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=5)))
+    waiter.start()
+    _wait_for(lambda: lock.waiting() == 1)
+    lock.release()  # hands over to the waiter
+    waiter.join(10)
+    assert got == [True]  # the lock is the waiter's: it must know
+    assert lock.locked() and lock.waiting() == 0
+    lock.release()
+    assert not lock.locked()
