@@ -37,7 +37,9 @@ class CoreLink:
     connection dies: (replies received, requests sent) — the others never left;
     ``inject`` (call, index) -> error name replaces a reply; ``reconnect()``
     replaces the connection as another thread's request would. ``misrouted``
-    lists requests of a transaction sent on a connection it was not started on."""
+    lists requests of a transaction sent on a connection it was not started on.
+    ``timed_out`` (calls in ``lose``): no reply came in time, rather than a
+    lost connection.  ``corrupt`` (call, index) -> payload replaces a reply's."""
 
     def __init__(self, core: XenstoreCore) -> None:
         self.core = core
@@ -50,6 +52,8 @@ class CoreLink:
         self.inject: dict[tuple[int, int], str] = {}
         self.started: set[int] = set()  # transactions started on the current connection
         self.misrouted: list[Request] = []
+        self.timed_out: set[int] = set()
+        self.corrupt: dict[tuple[int, int], bytes] = {}
 
     def reconnect(self) -> None:
         """The connection dies: its transactions go with it."""
@@ -80,10 +84,13 @@ class CoreLink:
             name = self.inject.get((n, i)) or reply.error_name()
             if r.op == Op.TRANSACTION_START and reply.error_name() is None:
                 self.started.add(int(reply.payload.rstrip(b"\0")))
+            if (n, i) in self.corrupt:
+                reply = Packet(reply.type, reply.req_id, reply.tx_id, self.corrupt[(n, i)])
             out.append(reply if name is None else XenstoreError(name, r.path))
         if answered < len(requests):
             self.reconnect()
-            out += [XenstoreConnectionError(r.path, "lost", in_flight=i < sent)
+            out += [XenstoreConnectionError(r.path, "lost", in_flight=i < sent,
+                                            timed_out=n in self.timed_out)
                     for i, r in enumerate(requests[answered:], answered)]
         return epoch_used, out
 
@@ -289,6 +296,79 @@ def test_connection_lost_every_time_gives_up() -> None:
     assert len(link.calls) == 4  # one start per round, each lost
 
 
+@pytest.mark.parametrize("call,replies", [(0, 0), (1, 1), (2, 2), (2, 0)])
+def test_a_timed_out_phase_is_never_run_again(call: int, replies: int) -> None:
+    # A hung xenstored: one timeout, then the error (each rerun would wait as long).
+    core = core_with([1, 2])
+    link = CoreLink(core)
+    link.lose[call] = (replies, 2 if call < 2 else 4)
+    link.timed_out.add(call)
+    with pytest.raises(XenstoreConnectionError) as e:
+        write_targets(link, {1: 10, 2: 20})
+    assert e.value.timed_out
+    assert [c for c in link.calls[call + 1:] if set(c) != {Op.TRANSACTION_END}] == []  # no rerun
+    # a commit that was answered before the timeout is reported as written
+    assert e.value.written == ({1: True} if (call, replies) == (2, 2) else {})
+    assert (target(core, 1), target(core, 2)) == (
+        (b"10", b"1000") if (call, replies) == (2, 2) else (b"1000", b"1000"))
+
+
+class Clock:
+    """A module's ``time``, advanced by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_rounds_stop_one_client_timeout_after_the_first(monkeypatch) -> None:
+    # Endless conflicts, each round 3 s long: with a 5 s client timeout the
+    # third round never starts, whatever max_retries allows.
+    clock = Clock()
+    monkeypatch.setattr(target_writes, "time", clock)
+    core = core_with([1])
+    link = CoreLink(core)
+    link.timeout_s = 5.0  # type: ignore[attr-defined]
+
+    def before(n: int) -> None:
+        clock.now += 1.0
+        if n % 3 == 2:
+            core.write("/local/domain/1", b"x")
+
+    link.before = before
+    with pytest.raises(XenstoreError) as e:
+        write_targets(link, {1: 10})
+    assert e.value.errno_name == "EAGAIN"
+    assert len(link.calls) == 2 * 3
+
+
+def test_a_bad_transaction_id_abandons_the_transactions_started() -> None:
+    for bad in (b"x\0", b"0\0", b"", b"99999999999\0", b"1\x002\0"):
+        core = core_with([1, 2, 3])
+        link = CoreLink(core)
+        link.corrupt[(0, 1)] = bad
+        with pytest.raises(XenstoreError) as e:
+            write_targets(link, {1: 10, 2: 20, 3: 30})
+        assert e.value.path == "/local/domain/2" and e.value.written == {}
+        assert link.calls[1:] == [[Op.TRANSACTION_END] * 2]  # domain 1's and 3's
+        assert link.open_transactions() == 1  # the one whose id was lost
+        assert [target(core, d) for d in (1, 2, 3)] == [b"1000"] * 3
+
+
+def test_a_failure_carries_the_writes_done_before_it() -> None:
+    # A later chunk's failure: the earlier chunks' and its own commits are reported.
+    core = core_with([1, 2, 3])
+    link = CoreLink(core)
+    link.inject[(5, 0)] = "EQUOTA"  # the second chunk (domain 3): its write refused
+    with pytest.raises(XenstoreError) as e:
+        write_if_domains_exist(link, "memory/target", {1: "1", 2: "2", 3: "3"}, chunk=2)
+    assert e.value.errno_name == "EQUOTA"
+    assert e.value.written == {1: True, 2: True}
+    assert (target(core, 1), target(core, 2)) == (b"1", b"2")
+
+
 def test_negative_target_refused_before_anything_is_sent() -> None:
     link = CoreLink(core_with([1]))
     with pytest.raises(ValueError, match="negative"):
@@ -370,6 +450,28 @@ def test_without_pipelining_one_transaction_at_a_time(xsd: Xenstored) -> None:
     assert (xsd.read("/local/domain/1/memory/target"),
             xsd.read("/local/domain/2/memory/target")) == ("10", "20")
     assert not xsd.exists("/local/domain/3")
+
+
+def test_transaction_tries_stop_one_client_timeout_after_the_first(
+        xsd: Xenstored, monkeypatch) -> None:
+    # XenstoreClient.transaction, as the batch: endless conflicts, each try 4 s
+    # long; with a 10 s client timeout no try starts after the third.
+    from squeezed.xen import xs_client
+
+    clock = Clock()
+    monkeypatch.setattr(xs_client, "time", clock)
+    tries: list[float] = []
+
+    def conflicted(t: object) -> None:
+        tries.append(clock.now)
+        clock.now += 4.0
+        raise XenstoreError("EAGAIN", "/local/domain/1")
+
+    with XenstoreClient(xsd.socket_path, timeout_s=TIMEOUT) as c:
+        with pytest.raises(XenstoreError) as e:
+            c.transaction(conflicted)
+    assert e.value.errno_name == "EAGAIN"
+    assert tries == [0.0, 4.0, 8.0]
 
 
 def test_module_defaults() -> None:

@@ -16,7 +16,8 @@ from squeezed.sim.drivers import Stuck
 from squeezed.sim.xenhost.host import SimulatedXenHost, ideal_driver
 from squeezed.xen.host import DOMAIN_KEYS, XenHost, XenHostError
 from squeezed.xen.xenctrl import XenCtrl
-from squeezed.xen.xenstore import Watcher, XenstoreClient
+from squeezed.xen.xenstore import Watcher, XenstoreClient, XenstoreError
+from squeezed.xen.xs_wire import Op
 
 GIB = 1 << 20  # in KiB
 MIB = 1 << 10
@@ -175,6 +176,31 @@ def test_batch_of_targets_written_only_where_the_domain_lives(env):
     with pytest.raises(XenHostError):
         env.host.set_targets({1: 1024 * MIB, 3: -1})
     assert env.xs.read("/local/domain/1/memory/target") == str(1536 * MIB)
+
+
+def test_committed_targets_of_a_failed_batch_are_cached(env, monkeypatch):
+    # A batch that fails part-way (domain 2's write refused: xenstored's quota,
+    # say) after domain 1's commit: the snapshot must know domain 1's new
+    # target, or _give_back could lower maxmem below it and blame the guest.
+    assert env.host.snapshot().domain(1).target_kib == 2 * GIB
+    real = env.xs.pipeline
+
+    def pipeline(requests, **kw):
+        epoch, out = real(requests, **kw)
+        return epoch, [XenstoreError("EQUOTA", r.path)
+                       if r.op == Op.WRITE and "/domain/2/" in (r.path or "") else o
+                       for r, o in zip(requests, out, strict=True)]
+
+    monkeypatch.setattr(env.xs, "pipeline", pipeline)
+    # No watch event will tell the cache (stands for a busy watcher).
+    env.stop.set()
+    env.wt.join(5)
+    env.host.cache.watching = True
+    with pytest.raises(XenHostError) as e:
+        env.host.set_targets({1: 1536 * MIB, 2: 768 * MIB})
+    assert e.value.__cause__.written == {1: True}
+    assert env.xs.read("/local/domain/1/memory/target") == str(1536 * MIB)  # committed
+    assert env.host.snapshot().domain(1).target_kib == 1536 * MIB  # and known
 
 
 def test_a_domains_keys_are_read_in_one_pipeline(env, monkeypatch):

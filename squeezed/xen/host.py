@@ -415,6 +415,11 @@ class XenHost:
             with self._transactions:
                 written = write_targets(self.xs, targets)
         except (ValueError, XenstoreError) as e:
+            # What a failed batch did write is cached before the failure is
+            # raised (else the next snapshot would see those domains' old targets).
+            for domid, done in (e.written if isinstance(e, XenstoreError) else {}).items():
+                if done:
+                    self.cache.set_key(domid, "memory/target", str(targets[domid]))
             raise write_failed(f"memory/target of {len(targets)} domains", "(batch)", e) from e
         for domid, done in written.items():
             if done:

@@ -12,10 +12,16 @@ A commit that meets EAGAIN (a conflicting change), or a start refused with
 ENOSPC (xenstored's limit on open transactions), is run again for that domain
 alone, for at most `max_retries` rounds that settle nothing; a gone domain is
 reported (False), as the single write reports it; any other failure raises
-`XenstoreError`, after abandoning the transactions still open.  A connection lost before the commits
-were sent reruns the batch (xenstored drops a closed connection's
-transactions, so nothing was applied); lost while commits were in flight, the
-outcome is unknown and `XenstoreConnectionError` is raised.
+`XenstoreError`, after abandoning the transactions still open.  A connection
+lost before the commits were sent reruns the batch (xenstored drops a closed
+connection's transactions, so nothing was applied); lost while commits were in
+flight, the outcome is unknown and `XenstoreConnectionError` is raised.
+
+Bounded: a request xenstored did not answer within the client's timeout
+(``timed_out``) is never run again, and no round starts later than one client
+timeout (``xs.timeout_s``, if it has one) after the batch's first.  The error
+raised carries in ``written`` the domains settled before it (their writes did
+happen: the caller's cache must know them).
 
 A client without `pipeline` (a test's fake) gets the same result one
 transaction at a time.
@@ -24,6 +30,7 @@ transaction at a time.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -79,12 +86,16 @@ def write_if_domains_exist(
     pipelined = getattr(xs, "pipeline", None)
     written: dict[int, bool] = {}
     items = list(values.items())
-    for start in range(0, len(items), max(1, chunk)):
-        part = dict(items[start:start + max(1, chunk)])
-        if pipelined is None:
-            written.update(_one_at_a_time(xs, key, part, max_retries))
-        else:
-            written.update(_batch(xs, key, part, max_retries))  # type: ignore[arg-type]
+    try:
+        for start in range(0, len(items), max(1, chunk)):
+            part = dict(items[start:start + max(1, chunk)])
+            if pipelined is None:
+                written.update(_one_at_a_time(xs, key, part, max_retries))
+            else:
+                written.update(_batch(xs, key, part, max_retries))  # type: ignore[arg-type]
+    except XenstoreError as e:
+        e.written = {**written, **e.written}  # the earlier chunks' too
+        raise
     for domid, done in written.items():
         if not done:
             log.info("domain %d is gone: %s not written", domid, key)
@@ -104,7 +115,11 @@ def _one_at_a_time(
             t.write(f"{base}/{key}", value)
             return True
 
-        written[domid] = bool(xs.transaction(txn, max_retries))
+        try:
+            written[domid] = bool(xs.transaction(txn, max_retries))
+        except XenstoreError as e:
+            e.written = dict(written)
+            raise
     return written
 
 
@@ -121,6 +136,10 @@ def _batch(
 ) -> dict[int, bool]:
     # A round that settles no domain counts against max_retries; one that
     # settles some cannot repeat more often than there are domains.
+    # A hung xenstored ends the batch at its first timeout, and a slow one
+    # at the deadline: rounds must not add up to many timeouts.
+    timeout_s = getattr(xs, "timeout_s", None)  # a fake link may have none
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pending = dict(values)
     written: dict[int, bool] = {}
     last: XenstoreError | None = None
@@ -130,6 +149,9 @@ def _batch(
             done, again = _round(xs, key, pending)
         except _Retry as r:
             done, again = {}, r.cause
+        except XenstoreError as e:
+            e.written = {**written, **e.written}
+            raise
         written.update(done)
         for domid in done:
             del pending[domid]
@@ -137,8 +159,14 @@ def _batch(
             log.debug("xenstore: %d of the batch's writes to run again (%s)", len(pending), again)
             last = again or last
             idle_rounds = 0 if done else idle_rounds + 1
-            if idle_rounds > max_retries:
+            timed_out = isinstance(again, XenstoreConnectionError) and again.timed_out
+            late = deadline is not None and time.monotonic() >= deadline
+            if timed_out or late or idle_rounds > max_retries:
                 assert last is not None
+                if late and not timed_out:
+                    log.info("xenstore: %d of the batch's writes not done within %g s",
+                             len(pending), timeout_s)
+                last.written = dict(written)
                 raise last
     return written
 
@@ -157,7 +185,12 @@ def _round(
     again: XenstoreError | None = None
     for domid, o in zip(pending, outcomes, strict=True):
         if isinstance(o, Packet):
-            txs[domid] = int(split_strings(o.payload)[0])
+            tx = _tx_id(o)
+            if tx is not None:
+                txs[domid] = tx
+            elif failure is None:
+                failure = XenstoreError("EIO", domain_path(domid),
+                                        f"bad transaction id in reply {o.payload[:40]!r}")
         elif o.errno_name == "ENOSPC" and not isinstance(o, XenstoreConnectionError):
             again = again or o
         elif failure is None:
@@ -224,8 +257,18 @@ def _round(
         else:
             failure = failure or end
     if failure is not None:
+        failure.written = settled  # committed before the failure: they happened
         raise failure
     return settled, again
+
+
+def _tx_id(reply: Packet) -> int | None:
+    """The transaction id a TRANSACTION_START reply names, None if not one."""
+    fields = split_strings(reply.payload)
+    if len(fields) != 1 or not fields[0].isascii() or not fields[0].isdigit():
+        return None
+    tx = int(fields[0])
+    return tx if 0 < tx <= 0xFFFFFFFF else None
 
 
 def _abandon(xs: Pipelining, epoch: int, tx_ids: Iterable[int]) -> None:

@@ -82,6 +82,11 @@ class XenstoreClient(Ops):
         # answer for an absent key, is not counted) or "connection"
         self.errors: collections.Counter[str] = collections.Counter()
 
+    @property
+    def timeout_s(self) -> float | None:
+        """How long a request waits for its reply (None: forever)."""
+        return self._timeout_s
+
     # lifecycle
 
     def set_reconnect_timeout(self, seconds: float | None) -> None:
@@ -119,15 +124,22 @@ class XenstoreClient(Ops):
         is lost before the commit was sent: xenstored discards the transactions of
         a closed connection, so nothing was applied.  Losing the connection while
         the commit itself is in flight raises :class:`XenstoreConnectionError`
-        (outcome unknown).  If ``fn`` raises, the transaction is abandoned."""
+        (outcome unknown), as does a request xenstored did not answer in time
+        (``timed_out``: never tried again).  No try starts later than one client
+        timeout after the first.  If ``fn`` raises, the transaction is abandoned."""
         last: XenstoreError | None = None
-        for _ in range(max_retries + 1):
+        deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
+        for attempt in range(max_retries + 1):
+            if attempt and deadline is not None and time.monotonic() >= deadline:
+                log.info("xenstore transaction: giving up after %d tries in %g s",
+                         attempt, self._timeout_s)
+                break
             try:
                 with self._lock:  # re-entrant: the epoch must be the one the start ran on
                     reply = self._request(Op.TRANSACTION_START, b"\0", None)
                     tx = Transaction(self, int(split_strings(reply.payload)[0]), self._epoch)
             except XenstoreConnectionError as e:
-                if e.in_flight:  # a transaction may have started on a now-dead link
+                if e.in_flight and not e.timed_out:  # it may have started on a now-dead link
                     last = e
                     continue
                 raise
@@ -135,7 +147,9 @@ class XenstoreClient(Ops):
                 result = fn(tx)
             except XenstoreError as e:
                 self._end(tx, commit=False)
-                if e.errno_name == "EAGAIN" or isinstance(e, XenstoreConnectionError):
+                timed_out = isinstance(e, XenstoreConnectionError) and e.timed_out
+                if not timed_out and (
+                        e.errno_name == "EAGAIN" or isinstance(e, XenstoreConnectionError)):
                     last = e
                     continue
                 raise
@@ -145,7 +159,7 @@ class XenstoreClient(Ops):
             try:
                 self._request(Op.TRANSACTION_END, b"T\0", None, tx_id=tx.tx_id, epoch=tx._epoch)
             except XenstoreConnectionError as e:
-                if e.in_flight:
+                if e.in_flight or e.timed_out:
                     raise
                 last = e  # never sent: the transaction died with its connection
                 continue
@@ -182,8 +196,12 @@ class XenstoreClient(Ops):
         :class:`XenstoreConnectionError` (``in_flight`` True for those sent).
         Only failing to connect at all raises."""
         with self._lock:
-            link = self._ensure_link(requests[0].path if requests else None)
             pl = Pipeline(requests, lambda: next(self._req_ids) & REQ_ID_MASK, window)
+            if epoch is not None and self._link is None:
+                # that connection was dropped: no need to open another to say so
+                pl.fail_unanswered("transaction lost with its connection")
+                return epoch, pl.outcomes()
+            link = self._ensure_link(requests[0].path if requests else None)
             if epoch is not None and epoch != self._epoch:
                 pl.fail_unanswered("transaction lost with its connection")
                 return epoch, pl.outcomes()  # nothing went on the current connection
@@ -208,7 +226,8 @@ class XenstoreClient(Ops):
                 self._drop()
                 log.info("xenstore connection lost during a pipeline of %d requests: %s",
                          len(requests), e)
-                pl.fail_unanswered(str(e) or type(e).__name__)
+                pl.fail_unanswered(str(e) or type(e).__name__,
+                                   timed_out=isinstance(e, TimeoutError))
             outcomes = pl.outcomes()
             for o in outcomes:
                 if isinstance(o, XenstoreError) and not isinstance(o, XenstoreConnectionError):
@@ -228,6 +247,8 @@ class XenstoreClient(Ops):
                 if isinstance(o, Packet):
                     values.append(decode_value(o.payload))
                 elif isinstance(o, XenstoreConnectionError):
+                    if o.timed_out:
+                        raise o  # xenstored hung: another try would wait as long
                     lost = o
                     break
                 elif o.errno_name == "ENOENT":
@@ -273,6 +294,10 @@ class XenstoreClient(Ops):
                 except (OSError, ProtocolError) as e:
                     self.errors["connection"] += 1
                     self._drop()
+                    if isinstance(e, TimeoutError):  # hung: another try would wait as long
+                        raise XenstoreConnectionError(
+                            path, f"{op.name}: no reply within {self._timeout_s} s",
+                            in_flight=True, timed_out=True) from e
                     if retry:
                         retry = False
                         log.info("xenstore connection lost during %s %s; retrying", op.name, path)

@@ -41,19 +41,27 @@ class XenstoreError(Exception):
         super().__init__(msg)
         self.errno_name = errno_name
         self.path = path
+        # Raised by a batch of writes (target_writes): the domains it settled
+        # before failing (domid -> written, False if gone), which did happen.
+        self.written: dict[int, bool] = {}
 
 
 class XenstoreConnectionError(XenstoreError, ConnectionError):
     """The connection to xenstored was lost or could not be made (``errno_name`` "EIO").
 
     ``in_flight`` is True when the request had been sent, so xenstored may or may
-    not have acted on it; False when it certainly never reached xenstored."""
+    not have acted on it; False when it certainly never reached xenstored.
+    ``timed_out`` is True when xenstored did not answer within the client's
+    timeout: such a request is never tried again (a hung xenstored would cost
+    one full timeout per try)."""
 
     def __init__(
-        self, path: str | None = None, detail: str | None = None, *, in_flight: bool = False
+        self, path: str | None = None, detail: str | None = None, *, in_flight: bool = False,
+        timed_out: bool = False,
     ) -> None:
         XenstoreError.__init__(self, "EIO", path, detail)
         self.in_flight = in_flight
+        self.timed_out = timed_out
 
 
 class Backoff:

@@ -99,16 +99,17 @@ class Pipeline:
         self._answered += 1
         return None
 
-    def fail_unanswered(self, detail: str) -> None:
-        """The connection failed: every request not yet answered fails.  Those
-        sent may have been acted on (``in_flight``); the others never left."""
+    def fail_unanswered(self, detail: str, *, timed_out: bool = False) -> None:
+        """The connection failed (``timed_out``: no reply in time): every
+        request not yet answered fails.  Those sent may have been acted on
+        (``in_flight``); the others never left."""
         sent = set(self._waiting.values())
         for index, outcome in enumerate(self._outcomes):
             if outcome is None:
                 r = self._requests[index]
                 in_flight = index in sent
                 self._outcomes[index] = XenstoreConnectionError(
-                    r.path, f"{r.op.name}: {detail}", in_flight=in_flight)
+                    r.path, f"{r.op.name}: {detail}", in_flight=in_flight, timed_out=timed_out)
                 self._answered += 1
         self._waiting.clear()
         self._sent = len(self._requests)
