@@ -10,6 +10,7 @@ In-memory stand-ins for libxenctrl and xenstore; no sockets, no sleeps."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import threading
 from collections.abc import Callable
@@ -191,21 +192,26 @@ def test_quick_free_is_the_full_snapshots_figure(seed):
         # allocation now of a domain left alone: no fast answer.
         assert quick is None
         return
-    # Without reading a domain: memory freed behind squeezed's back, and a
-    # reservation added then removed, counted at once from the table in memory.
+    # Without reading a domain: memory taken behind squeezed's back (dom0,
+    # not managed), and a reservation added then removed, counted at once
+    # from the table in memory. Memory given back is not: who gave it?
     unbooted = [d for d in h.xc.domains
                 if d != 0 and h.xs.read(f"/local/domain/{d}/data/updated") is None]
     lists, requests = h.xc.domain_lists, h.xs.requests
-    h.xc.phys = replace(h.xc.phys, free_pages=h.xc.phys.free_pages + 1000)
-    assert host.quick_free_kib() == h.expected_free_kib + 4000
+    taken = min(1000, h.xc.phys.free_pages)
+    h.xc.phys = replace(h.xc.phys, free_pages=h.xc.phys.free_pages - taken)
+    assert host.quick_free_kib() == h.expected_free_kib - 4 * taken
     # No xenstore request but one read of each unbooted domain's initial-reservation.
     assert h.xs.requests == requests + len(unbooted)
     host.add_reservation(Reservation("new", "r", 3 * MIB))
-    assert host.quick_free_kib() == h.expected_free_kib + 4000 - 3 * MIB
-    assert host.snapshot().free_mem_kib == h.expected_free_kib + 4000 - 3 * MIB
+    assert host.quick_free_kib() == h.expected_free_kib - 4 * taken - 3 * MIB
+    assert host.snapshot().free_mem_kib == h.expected_free_kib - 4 * taken - 3 * MIB
     host.remove_reservation("new", "r")
-    assert host.quick_free_kib() == h.expected_free_kib + 4000
+    assert host.quick_free_kib() == h.expected_free_kib - 4 * taken
     assert h.xc.domain_lists == lists + 1  # the one snapshot's
+    h.xc.phys = replace(h.xc.phys, scrub_pages=h.xc.phys.scrub_pages + 1)
+    assert host.quick_free_kib() is None  # a page given back: the full path looks
+    h.xc.phys = replace(h.xc.phys, scrub_pages=h.xc.phys.scrub_pages - 1)
     # A domain being built allocates more: counted at once, without a snapshot.
     building = [d for d, di in h.xc.domains.items()
                 if h.xs.read(f"/local/domain/{d}/memory/initial-reservation") is not None]
@@ -215,7 +221,7 @@ def test_quick_free_is_the_full_snapshots_figure(seed):
         h.xc.phys = replace(h.xc.phys, free_pages=h.xc.phys.free_pages - 10)
         quick = host.quick_free_kib()
         assert quick == host.snapshot().free_mem_kib
-        assert quick in (h.expected_free_kib + 4000, h.expected_free_kib + 4000 - 40)
+        assert quick in (h.expected_free_kib - 4 * taken, h.expected_free_kib - 4 * taken - 40)
     # A restarted squeezed finds the same table.
     assert watched(h.xc, h.xs).reservations() == host.reservations()
 
@@ -431,3 +437,178 @@ def test_a_failed_snapshot_leaves_no_mark():
     with pytest.raises(XenHostError):
         host.snapshot()
     assert host.quick_free_kib() is None
+
+
+# -- review of the fast path: a guest's own shrink, a transfer's maxmem, lock order --
+
+def one_guest_host(free_kib: int) -> tuple[FakeXc, FakeXs]:
+    """Domain 1 at its target of 2 GiB (maxmem 2 GiB), dom0 not managed."""
+    xs = FakeXs()
+    base = "/local/domain/1"
+    for k, v in (("domain-type", "pv"), ("memory/target", 2 * GIB),
+                 ("memory/memory-offset", 0), ("memory/dynamic-min", 1 * GIB),
+                 ("memory/dynamic-max", 2 * GIB), ("data/updated", 1),
+                 ("control/feature-balloon", "1")):
+        xs.write(f"{base}/{k}", str(v))
+    doms = {0: info(0, 2 * GIB, 2 * GIB), 1: info(1, 2 * GIB, 2 * GIB)}
+    return FakeXc(doms, PhysInfo(TOTAL_KIB // 4, free_kib // 4, 0)), xs
+
+
+def balloon_down_by_itself(xc: FakeXc, domid: int, kib: int) -> None:
+    """The guest's driver gives pages back on its own: no xenstore key changes."""
+    xc.domains[domid] = replace(xc.domains[domid], tot_pages=xc.domains[domid].tot_pages - kib // 4)
+    xc.phys = replace(xc.phys, free_pages=xc.phys.free_pages + kib // 4)
+
+
+def test_guest_below_target_after_the_mark_is_not_counted_as_free():
+    """A guest at its target when the mark was left balloons down by itself;
+    its maxmem stays at its target, so it may take the pages back at any
+    time. The full snapshot sees it below target; the quick path must not
+    count its pages as free."""
+    xc, xs = one_guest_host(free_kib=100 * MIB)
+    host = watched(xc, xs)
+    host.snapshot()
+    assert host.quick_free_kib() == 100 * MIB
+    balloon_down_by_itself(xc, 1, 512 * MIB)
+    d1 = host.observe().domain(1)
+    assert d1 is not None and not d1.hit_target  # the full snapshot's view: moving
+    assert xc.domains[1].max_pages * 4 >= 2 * GIB  # it may grow back to its target
+    quick = host.quick_free_kib()
+    assert quick is None, f"quick path answered {quick} KiB with domain 1 below target"
+
+
+def test_a_rise_of_host_free_voids_the_mark_and_a_fall_does_not():
+    """Guests at their targets with maxmem lowered to them can only give
+    memory back: free memory rising means one went below its target (or a
+    domain went), so the full path looks. Free memory falling (dom0, not
+    managed, allocating) is counted at once; a reservation removed does not
+    void the mark."""
+    xc, xs = one_guest_host(free_kib=100 * MIB)
+    host = watched(xc, xs)
+    host.snapshot()
+    xc.phys = replace(xc.phys, free_pages=xc.phys.free_pages - 10 * MIB // 4)  # dom0 takes 10 MiB
+    assert host.quick_free_kib() == 90 * MIB
+    host.add_reservation(Reservation("s", "r", 30 * MIB))
+    assert host.quick_free_kib() == 60 * MIB
+    host.remove_reservation("s", "r")
+    assert host.quick_free_kib() == 90 * MIB
+    xc.phys = replace(xc.phys, free_pages=xc.phys.free_pages + 1)  # one page more: who gave it?
+    assert host.quick_free_kib() is None
+    xc.phys = replace(xc.phys, free_pages=xc.phys.free_pages - 1)
+    assert host.quick_free_kib() == 90 * MIB  # back to the lowest seen
+    assert host.snapshot().free_mem_kib == 90 * MIB
+
+
+def test_reserve_does_not_grant_the_pages_of_a_guest_below_target():
+    """The engine's reserve: with domain 1 below its target (and free to take
+    512 MiB back), 500 MiB is not granted on the fast path with nothing done
+    about domain 1. (The full path limits domain 1 to what it may keep; this
+    fake guest never moves, so the operation times out and gives back.)"""
+    from squeezed.engine import operations as ops
+    from squeezed.engine.errors import DeadlineExceeded
+    from squeezed.engine.operations import EngineConfig
+
+    cfg = EngineConfig(reserve_kib=0, operation_timeout_s=0.5)
+    xc, xs = one_guest_host(free_kib=100 * MIB)
+    host = watched(xc, xs)
+    host.snapshot()
+    balloon_down_by_itself(xc, 1, 512 * MIB)
+    before = list(xc.maxmem_calls), dict(xs.nodes)
+    with contextlib.suppress(DeadlineExceeded):
+        ops.reserve(host, cfg, 500 * MIB)
+    touched = (list(xc.maxmem_calls), dict(xs.nodes)) != before
+    assert touched, "reserve granted 500 MiB; domain 1 may still take 512 MiB back"
+
+
+def test_sim_host_reserve_does_not_promise_memory_a_guest_takes_back(short_tmp, monkeypatch):
+    """Simulated Xen host, real interfaces. After a balance leaves the mark,
+    guest 1 balloons itself down 1 GiB (its target and maxmem stay 2 GiB; no
+    xenstore key changes). A reserve of 1.5 GiB, then guest 1's driver goes
+    back to its target, as it may: the host must still hold what it granted."""
+    from tests.faults.xenenv import wait_for
+
+    env = XenEnv(short_tmp, monkeypatch, free_gib=1)
+    try:
+        env.with_cfg(reserve_kib=0, operation_timeout_s=3.0)
+        sid = env.svc.login("t", "xenopsd")
+        env.svc.balance_memory("t")
+        assert env.host.quick_free_kib() is not None  # the mark is there
+        hv = env.sim.hv
+        hv.balloon_to(1, GIB // 4)  # guest 1 gives 1 GiB back on its own
+        d1 = env.host.observe().domain(1)
+        assert d1 is not None and not d1.hit_target and d1.memory_max_kib >= 2 * GIB
+        try:
+            env.svc.reserve_memory("t", sid, 3 * GIB // 2)
+            granted = True
+        except Exception:  # refused (e.g. out of memory): nothing promised
+            granted = False
+        env.sim.activate(1)  # its driver looks at its target again
+        assert wait_for(lambda: hv.get_domain(1).tot_kib >= env.target(1) - 4, 5)
+        free_now = env.host.snapshot().free_mem_kib
+        assert not granted or free_now >= 0, (
+            f"reserve of 1.5 GiB granted; after guest 1 went back to its target "
+            f"host free net of reservations is {free_now} KiB")
+    finally:
+        env.close()
+
+
+def test_transfer_maxmem_raise_after_a_snapshot_leaves_no_mark(monkeypatch):
+    """A transfer raises maxmem so the builder can allocate; a snapshot that
+    runs between the transfer's accounting and that raise (balancer, any
+    operation) must not leave a mark that does not know the domain may grow
+    past its target (a repeated transfer to a booted domain)."""
+    xc, xs = one_guest_host(free_kib=100 * MIB)
+    host = watched(xc, xs)
+    host.snapshot()
+    r = Reservation("s", "r", 3 * GIB)
+    host.add_reservation(r)
+    real = host._writes.set_maxmem
+
+    def racing(domid: int, kib: int) -> None:
+        host.snapshot()  # as another thread's snapshot, just before the raise
+        real(domid, kib)
+
+    monkeypatch.setattr(host._writes, "set_maxmem", racing)
+    host.transfer_reservation(r, 1)
+    monkeypatch.setattr(host._writes, "set_maxmem", real)
+    head_kib = xc.domains[1].max_pages * 4 - 2 * GIB
+    quick = host.quick_free_kib()
+    assert quick is None or head_kib <= 0, (
+        f"mark stands (quick {quick} KiB) while domain 1 may grow {head_kib} KiB past its target")
+
+
+def test_observe_does_not_wait_behind_a_target_batch_via_a_transfer(monkeypatch):
+    """A transfer waits for a batch of target writes (its transaction would
+    be refused); it must not hold the accounting lock meanwhile, or every
+    snapshot, quick answer and observe() (queries) waits behind the batch."""
+    from squeezed.xen import host as host_mod
+
+    xc, xs = one_guest_host(free_kib=100 * MIB)
+    host = watched(xc, xs)
+    host.snapshot()
+    xc.domains[5] = info(5, 0, 0)
+    r = Reservation("s", "r", 64 * MIB)
+    host.add_reservation(r)
+    in_batch, release = threading.Event(), threading.Event()
+
+    def slow_batch(xs_: object, targets: object) -> dict[int, bool]:
+        in_batch.set()
+        release.wait(10)
+        return {}
+
+    monkeypatch.setattr(host_mod, "write_targets", slow_batch)
+    batch = threading.Thread(target=host.set_targets, args=({1: 2 * GIB},))
+    batch.start()
+    assert in_batch.wait(5)
+    transfer = threading.Thread(target=host.transfer_reservation, args=(r, 5))
+    transfer.start()
+    transfer.join(0.3)  # now waiting for the batch
+    done = threading.Event()
+    obs = threading.Thread(target=lambda: (host.observe(), done.set()))
+    obs.start()
+    blocked = not done.wait(2.0)
+    release.set()
+    for t in (batch, transfer, obs):
+        t.join(5)
+    assert not blocked, "observe() waited behind a batch of target writes (via a transfer)"
+    assert xs.read("/local/domain/5/memory/initial-reservation") == str(64 * MIB)

@@ -11,7 +11,9 @@ A quiet host is cheap (issue 12): a full snapshot that finds every
 balloonable domain at its target leaves a mark; while no watched key and no
 domain changes (the cache's epoch), `quick_free_kib` answers host free
 memory from one physinfo and the table in memory, and `set_maxmem` skips
-hypercalls that would not change maxmem.
+hypercalls that would not change maxmem. A guest that balloons itself below
+its target changes no key: host free memory rising above the mark's figure
+voids the fast answer (docs/architecture.md, "fast path").
 """
 
 from __future__ import annotations
@@ -67,9 +69,15 @@ SCRUB_WAIT_PAGES = 1024  # upstream waits while the scrubber has this many pages
 @dataclass(frozen=True)
 class _QuietMark:
     """Left by a snapshot that found every balloonable domain at its target:
-    valid while the key cache's epoch stands."""
+    valid while the key cache's epoch stands and the host's figure before
+    reservations does not rise above `unreserved_kib`."""
     epoch: int
     total_kib: int
+    # Free + scrub - the unallocated part of domains being built, as last seen
+    # (lowered by each quick answer): guests at their targets with maxmem
+    # lowered to them can only give memory back, so a rise means one went
+    # below its target (and may take the pages back), or a domain went.
+    unreserved_kib: int
     live: frozenset[int]  # every domain the hypervisor listed
     left_alone: frozenset[int]  # domains left out for bad values
     unbooted: frozenset[int]  # domains not booted: looked at afresh by each quick answer
@@ -261,7 +269,7 @@ class XenHost:
         with self._accounting:  # a transfer since the reading: the next snapshot looks
             if quiet and transfers == self._transfers:
                 self._quiet = _QuietMark(
-                    epoch, self._reader.last_phys[2], frozenset(all_domids),
+                    epoch, self._reader.last_phys[2], reading.unreserved_kib, frozenset(all_domids),
                     frozenset(reading.left_alone), frozenset(reading.unbooted))
         return host
 
@@ -276,8 +284,11 @@ class XenHost:
         went (the cache's epoch; the operation's watch barrier has applied
         every event sent before it). A domain at its target has maxmem lowered
         to it, so it cannot take free memory; a moving one voids the mark.
-        Domains not booted (few: being built) are looked at afresh, as the
-        snapshot does: one hypercall and one read each."""
+        One that balloons itself down changes no key, but its pages raise
+        host free memory (less what domains being built have yet to
+        allocate) above the mark's figure: None then, and the snapshot
+        looks. Domains not booted (few: being built) are looked at afresh, as
+        the snapshot does: one hypercall and one read each."""
         with self._accounting:
             mark, epoch = self._quiet, self.cache.epoch
             if mark is None or not self.cache.watching or mark.epoch != epoch:
@@ -291,14 +302,14 @@ class XenHost:
             if any(r.in_transfer_domid in booted_left_alone for r in entries):
                 return None  # whether that one counts hangs on its allocation now
             live, left_alone = set(mark.live), set(booted_left_alone)
-            reserved = 0
+            unaccounted = 0
             for domid in sorted(mark.unbooted):
                 di = self._domain_info(domid)
                 if di is None:
                     live.discard(domid)  # destroyed: a reservation to it counts in full
                     continue
                 try:
-                    reserved += self._domain_view(di, False, mark.total_kib)[1]
+                    unaccounted += self._domain_view(di, False, mark.total_kib)[1]
                 except InvalidValue:
                     left_alone.add(domid)
             phys = self.xc.physinfo() if mark.unbooted else phys_before
@@ -307,8 +318,13 @@ class XenHost:
             if (phys_before.free_pages + phys_before.scrub_pages
                     < phys.free_pages + phys.scrub_pages):
                 phys = phys_before  # as the snapshot: never count a page twice
-            reserved += reserved_kib(entries, live, left_alone)
             free_kib, scrub_kib = phys.free_pages * PAGE_KIB, phys.scrub_pages * PAGE_KIB
+            unreserved_kib = free_kib + scrub_kib - unaccounted
+            if unreserved_kib > mark.unreserved_kib:
+                return None  # pages given back: a guest below its target, or a domain gone
+            if unreserved_kib < mark.unreserved_kib:  # taken (dom0): measure a rise from here
+                self._quiet = dataclasses.replace(mark, unreserved_kib=unreserved_kib)
+            reserved = unaccounted + reserved_kib(entries, live, left_alone)
             self._reader.last_reserved_kib = reserved
             self._reader.last_phys = (free_kib, scrub_kib, mark.total_kib)
             return free_kib + scrub_kib - reserved
@@ -462,15 +478,21 @@ class XenHost:
             self._table.mark_in_transfer(t, r, domid)
 
         self._load_table()
-        with self._accounting, self._transactions:
+        # _transactions first, as every path that holds both: waiting for a
+        # batch of target writes must not hold up snapshots and queries.
+        with self._transactions, self._accounting:
             self.xs.transaction(txn)
             self._table.transferred(r, domid)
-            self._transfers += 1
-            if self._quiet is not None and domid not in self._quiet.unbooted:
-                self._quiet = None  # a domain the mark does not know: a snapshot looks
             self._set_cached(domid, "memory/initial-reservation", str(r.kib))
             self._set_cached(domid, "memory/reservation-id", r.reservation_id)
-        self.set_maxmem(domid, r.kib)  # so the domain builder can allocate it
+            try:
+                self.set_maxmem(domid, r.kib)  # so the domain builder can allocate it
+            finally:
+                # After the raise, under the lock: no snapshot leaves a mark
+                # that does not know this domain may grow.
+                self._transfers += 1
+                if self._quiet is not None and domid not in self._quiet.unbooted:
+                    self._quiet = None  # a domain the mark does not know: a snapshot looks
 
     @_xenstore_failures
     def domain_reservation_id(self, domid: int) -> str | None:

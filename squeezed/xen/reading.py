@@ -34,6 +34,9 @@ class Reading:
     all_domids: set[int]  # every domain the hypervisor listed
     left_alone: set[int]  # for bad values
     unbooted: set[int]
+    # Free and scrub less the unallocated part of domains being built: the
+    # host's figure before the reservation table (the quiet mark's).
+    unreserved_kib: int
 
 
 class HostReader:
@@ -62,7 +65,7 @@ class HostReader:
         total_kib = phys_before.total_pages * PAGE_KIB
         infos = self.xc.domain_list()
         all_domids = {di.domid for di in infos}
-        reserved = 0
+        unaccounted = 0
         unbooted: set[int] = set()
         domains: list[Domain] = []
         left_alone: dict[int, str] = {}
@@ -95,7 +98,7 @@ class HostReader:
             if d is None:
                 continue
             domains.append(d)
-            reserved += unaccounted_kib
+            unaccounted += unaccounted_kib
             if booted and memo is not None:
                 with self.lock:
                     self.views[domid] = (memo, d)
@@ -104,7 +107,7 @@ class HostReader:
             phys = phys_before
         free_kib = phys.free_pages * PAGE_KIB
         scrub_kib = phys.scrub_pages * PAGE_KIB
-        reserved += reserved_kib(self.table.entries(), all_domids, set(left_alone))
+        reserved = unaccounted + reserved_kib(self.table.entries(), all_domids, set(left_alone))
         self._note_invalid(left_alone, all_domids)
         self.writes.seen(infos)
         self.last_reserved_kib = reserved
@@ -114,7 +117,8 @@ class HostReader:
             free_kib + scrub_kib - reserved,
             detail=f"F{free_kib} S{scrub_kib} R{reserved} T{phys.total_pages * PAGE_KIB}",
         )
-        return Reading(host, all_domids, set(left_alone), unbooted)
+        return Reading(host, all_domids, set(left_alone), unbooted,
+                       free_kib + scrub_kib - unaccounted)
 
     def _note_invalid(self, now: dict[int, str], all_domids: set[int]) -> None:
         """Remember (and log once) the domains left alone for bad values."""
