@@ -217,8 +217,26 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a command killed by SIGPIPE
+
+
 def main(
     argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """squeezectl; a reader that stops early (`squeezectl diagnostics | head`)
+    ends it quietly, as it would any Unix tool."""
+    try:
+        return _main(argv, stdout=stdout, stderr=stderr)
+    except BrokenPipeError:
+        if stdout is None:  # the process's own stdout: nothing more may reach it
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _main(
+    argv: list[str] | None, *, stdout: TextIO | None, stderr: TextIO | None
 ) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr

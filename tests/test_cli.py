@@ -195,3 +195,18 @@ def test_cannot_connect_exit_3(capsys) -> None:
         s.close()  # a socket file nobody listens on
         assert main(["--socket", f"{d}/stale", "--protocol", "json", "state"]) == 3
         assert "refused" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_ends_squeezectl_quietly(servers) -> None:
+    """`squeezectl state | head -1`: no traceback, the shell's SIGPIPE status."""
+    import subprocess
+    import sys
+
+    srv, _ = servers["xmlrpc"]
+    p = subprocess.Popen([sys.executable, "-m", "squeezed.cli", "--socket", srv.path, "state"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # the reader is gone before squeezectl writes a byte
+    err = p.stderr.read().decode()
+    assert p.wait(30) == 141, err
+    assert err == ""
