@@ -33,7 +33,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                 "tests/test_cannot_free_arguments.py", "tests/test_policy.py",
                 "tests/test_sim_host.py", "tests/test_service.py"]),
     "service": (["squeezed/service.py", "squeezed/initial_free.py"],
-                ["tests/test_service.py", "tests/faults", "tests/test_compatibility.py"]),
+                ["tests/test_service.py", "tests/test_service_state.py", "tests/faults",
+                 "tests/test_compatibility.py"]),
     # the sans-I/O codec tests, the golden bytes and upstream's golden files;
     # not the socket robustness tests (their timeouts make each mutant slow)
     "xmlrpc": (["squeezed/rpc/xmlrpc.py"],
