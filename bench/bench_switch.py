@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from bench_scale import pct  # noqa: E402 - bench/ is sys.path[0] when run as a script
 from rpc_fake import FakeService  # noqa: E402
 
 from squeezed.rpc.client import MemoryClient  # noqa: E402
@@ -38,7 +39,7 @@ def timed(fn, n: int) -> list[float]:
 
 def report(name: str, xs: list[float]) -> None:
     xs = sorted(xs)
-    p95 = xs[int(len(xs) * 0.95) - 1]
+    p95 = pct(xs, 95)
     print(f"{name:28} median {statistics.median(xs) * 1e3:7.3f} ms   p95 {p95 * 1e3:7.3f} ms")
 
 

@@ -86,7 +86,7 @@ def _run(scenario: Scenario, as_json: bool, plot_path: str | None) -> int:
     else:
         print(format_result(result))
     if plot_path:
-        plot([Series(*s) for s in host.series],
+        plot(host.series,
              [Marker(s["t_start_s"], s["op"]) for s in result["steps"]],
              f"scenario {result['name']}", plot_path)
         if not as_json:

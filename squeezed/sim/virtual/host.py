@@ -40,13 +40,14 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from squeezed.backend import Reservation
 from squeezed.engine.model import DEFAULT_INACCURACY_KIB, Domain, Host
 from squeezed.engine.operations import OperationAbandoned
 from squeezed.errors import UnknownReservation
 from squeezed.sim.drivers import Driver, Stuck, bound, describe_driver
+from squeezed.sim.plot import Series
 from squeezed.sim.virtual.clock import Clock, VirtualClock
 
 _TIME_EPS_S = 1e-9
@@ -102,14 +103,6 @@ class VirtualDomain:
         return d
 
 
-class Sample(NamedTuple):
-    """One point of the time series: per domain (domid, target, actual, maxmem)."""
-
-    t_s: float
-    host_free_kib: int
-    domains: tuple[tuple[int, int, int, int], ...]
-
-
 class SimulatedHost:
     """A simulated host: `HostIO` for the engine and `Backend` for the service.
 
@@ -150,7 +143,7 @@ class SimulatedHost:
         self._min_tick_s = 0.0
         self._free_negative = False
         self._min_free_kib: int | None = None
-        self._series: list[Sample] = []
+        self._series: list[Series] = []
         self._max_samples = max(2, max_samples)
         self._sample_every_s = tick_s
         # Per domain, values replaced by writes since the last tick, oldest
@@ -397,7 +390,7 @@ class SimulatedHost:
         return self._raw_free_kib + sum(d.actual_kib for d in self._domains.values())
 
     @property
-    def series(self) -> list[Sample]:
+    def series(self) -> list[Series]:
         with self._lock:
             return list(self._series)
 
@@ -551,7 +544,7 @@ class SimulatedHost:
     def _sample(self, t_s: float, force: bool = False) -> None:
         if not force and self._series and t_s - self._series[-1].t_s < self._sample_every_s:
             return
-        self._series.append(Sample(
+        self._series.append(Series(
             t_s,
             self._raw_free_kib - self.reserved_kib(),
             tuple((d.domid, d.target_kib, d.actual_kib, d.maxmem_kib)
