@@ -51,8 +51,6 @@ from squeezed.xen.views import (
     reserved_kib,
     unbooted_view,
 )
-from squeezed.xen.watching import INTRODUCE_TOKEN as INTRODUCE_TOKEN
-from squeezed.xen.watching import RELEASE_TOKEN as RELEASE_TOKEN
 from squeezed.xen.watching import WatcherDied, WatchSync
 from squeezed.xen.writes import DomainWrites, write_failed
 from squeezed.xen.writes import XenHostError as XenHostError
@@ -228,8 +226,6 @@ class XenHost:
     def abandon(self) -> None:
         """Make every running and future wait() raise (daemon shutdown)."""
         self._stop.set()
-
-    _domain_type = staticmethod(domain_type)
 
     def _wait_for_scrubber(self) -> PhysInfo:
         """Upstream waits while the scrubber holds SCRUB_WAIT_PAGES pages or
@@ -427,19 +423,21 @@ class XenHost:
 
     def set_targets(self, targets: Mapping[int, int]) -> None:
         """HostIO's optional batch: many targets, pipelined (`target_writes`)."""
+        failure: ValueError | XenstoreError | None = None
         try:
             with self._transactions:
                 written = write_targets(self.xs, targets)
         except (ValueError, XenstoreError) as e:
             # What a failed batch did write is cached before the failure is
             # raised (else the next snapshot would see those domains' old targets).
-            for domid, done in (e.written if isinstance(e, XenstoreError) else {}).items():
-                if done:
-                    self.cache.set_key(domid, "memory/target", str(targets[domid]))
-            raise write_failed(f"memory/target of {len(targets)} domains", "(batch)", e) from e
+            failure = e
+            written = e.written if isinstance(e, XenstoreError) else {}
         for domid, done in written.items():
             if done:
                 self.cache.set_key(domid, "memory/target", str(targets[domid]))
+        if failure is not None:
+            raise write_failed(f"memory/target of {len(targets)} domains", "(batch)",
+                               failure) from failure
 
     def set_maxmem(self, domid: int, maxmem_kib: int) -> None:
         """See `DomainWrites.set_maxmem`: never below the allocation, and no
