@@ -22,10 +22,10 @@ from typing import Any, TextIO
 
 from squeezed.ctl.source import FETCH_ERRORS, Caller, StateSource, describe_error
 from squeezed.engine.model import DEFAULT_INACCURACY_KIB
+from squeezed.engine.squeezer import DEFAULT_STUCK_AFTER_S
 
 SORTS = {"a": "actual", "d": "distance", "i": "domid"}  # key -> sort name
 DEFAULT_WIDTH = 100
-STUCK_AFTER_S = 5.0  # the daemon's default stuck-after: no progress this long
 ALARM_FLAGS = ("uncooperative", "stuck", "bad-keys")  # drawn in red
 HOST_LEGEND = (("D", "domains"), ("R", "reservations"), ("f", "free"), ("s", "scrub"),
                ("k", "kept"), (".", "other"))
@@ -57,7 +57,7 @@ class Tracker:
     """What successive frames tell that one state cannot: how fast each domain
     moves, and which have made no progress towards their target for a while."""
 
-    stuck_after_s: float = STUCK_AFTER_S
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S  # the daemon's default: no progress this long
     _last: dict[int, _Motion] = field(default_factory=dict)
 
     def update(self, state: dict[str, Any], now_s: float) -> None:
