@@ -104,13 +104,12 @@ def main(argv: list[str]) -> int:
     rows = []
     for g in groups:
         s = run(g)
-        checked = s.get("killed", 0) + s.get("survived", 0) + s.get("timeout", 0)
-        score = 100.0 * (s.get("killed", 0) + s.get("timeout", 0)) / checked if checked else 0.0
-        rows.append((g, s, score))
+        killed = s.get("killed", 0) + s.get("timeout", 0)
+        checked = killed + s.get("survived", 0)
+        rows.append((g, s, killed, checked, 100.0 * killed / checked if checked else 0.0))
     print("\ngroup     killed+timeout / checked   score   (no tests, suspicious, skipped)")
-    for g, s, score in rows:
-        checked = s.get("killed", 0) + s.get("survived", 0) + s.get("timeout", 0)
-        print(f"{g:9} {s.get('killed', 0) + s.get('timeout', 0):6} / {checked:<6}"
+    for g, s, killed, checked, score in rows:
+        print(f"{g:9} {killed:6} / {checked:<6}"
               f"          {score:5.1f}%  ({s.get('no_tests', 0)}, {s.get('suspicious', 0)},"
               f" {s.get('skipped', 0)})  survivors: {OUT / g / 'survivors.txt'}")
     return 0
