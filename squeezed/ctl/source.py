@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from squeezed import idl
+from squeezed.cli import EXIT_CONNECT, EXIT_NO_REPLY, EXIT_SERVICE
 from squeezed.errors import MemoryInterfaceError
 from squeezed.rpc.client import ConnectionFailed, NoReply, ProtocolError
 from squeezed.rpc.dispatch import TypeMismatch
@@ -41,9 +42,9 @@ class StateSource:
 def describe_error(e: BaseException, where: str) -> tuple[str, int]:
     """A one-line message and squeezectl's exit status for a failed fetch."""
     if isinstance(e, NoReply):
-        return f"no reply from {where}: {e.reason}", 4
+        return f"no reply from {where}: {e.reason}", EXIT_NO_REPLY
     if isinstance(e, ConnectionFailed):
-        return f"cannot connect to {where}: {e.reason}. Is squeezed running?", 3
+        return f"cannot connect to {where}: {e.reason}. Is squeezed running?", EXIT_CONNECT
     if isinstance(e, MemoryInterfaceError):
-        return f"get_state failed: {e.name} ({e})", 1
-    return f"unreadable reply from {where}: {e}", 1
+        return f"get_state failed: {e.name} ({e})", EXIT_SERVICE
+    return f"unreadable reply from {where}: {e}", EXIT_SERVICE
