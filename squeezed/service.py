@@ -100,10 +100,6 @@ class MemoryService:
     dom0: Dom0Policy = field(default_factory=Dom0Policy)
     initial_free: InitialFreeMemory | None = None
     dom0_total_bytes: Callable[[], int] | None = None
-    # dynamic-max as published for domain 0 ("auto" resolved), if any. Not used
-    # for get_domain_zero_policy, which answers dom0's total for "auto" as
-    # upstream does; kept so that the daemon can still pass it.
-    dom0_dynamic_max_bytes: Callable[[], int | None] | None = None
     instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def __post_init__(self) -> None:

@@ -162,8 +162,7 @@ def _net_amounts() -> None:
 
 @check("`get_domain_zero_policy` with `domain-zero-dynamic-max = auto`")
 def _dom0_auto() -> None:
-    svc, _ = service(dom0=Dom0Policy(True, 1 << 30, None), dom0_total_bytes=lambda: 5 << 30,
-                     dom0_dynamic_max_bytes=lambda: 3 << 30)
+    svc, _ = service(dom0=Dom0Policy(True, 1 << 30, None), dom0_total_bytes=lambda: 5 << 30)
     assert svc.get_domain_zero_policy("t") == ("Auto_balloon", (1 << 30, 5 << 30))
 
 

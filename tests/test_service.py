@@ -202,8 +202,7 @@ def test_domain_zero_policy() -> None:
     total = 3 << 30
     fixed = MemoryService(host, dom0_total_bytes=lambda: total)
     assert fixed.get_domain_zero_policy("t") == ("Fixed_size", total)
-    auto = MemoryService(host, dom0=Dom0Policy(True, 1 << 30, None), dom0_total_bytes=lambda: total,
-                         dom0_dynamic_max_bytes=lambda: 2 << 30)
+    auto = MemoryService(host, dom0=Dom0Policy(True, 1 << 30, None), dom0_total_bytes=lambda: total)
     assert auto.get_domain_zero_policy("t") == ("Auto_balloon", (1 << 30, total))  # upstream
     explicit = MemoryService(host, dom0=Dom0Policy(True, 1 << 30, 2 << 30),
                              dom0_total_bytes=lambda: total)

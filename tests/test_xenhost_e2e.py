@@ -248,8 +248,7 @@ def test_manage_domain_zero_publishes_its_policy_and_balloons_it(short_tmp, monk
         from squeezed.service import Dom0Policy
 
         svc = MemoryService(host, e.cfg, Dom0Policy(True, 512 * MIB * 1024, None),
-                            dom0_total_bytes=host.dom0_total_bytes,
-                            dom0_dynamic_max_bytes=host.dom0_dynamic_max_bytes)
+                            dom0_total_bytes=host.dom0_total_bytes)
         assert svc.get_domain_zero_policy("t") == ("Auto_balloon",
                                                   (512 * MIB * 1024, host.dom0_total_bytes()))
         assert host.dom0_total_bytes() == 1 * GIB * 1024

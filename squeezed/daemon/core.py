@@ -274,7 +274,7 @@ class Daemon:
             host, self.cfg.engine_config(),
             Dom0Policy(self.cfg.manage_domain_zero, self.cfg.domain_zero_dynamic_min_bytes,
                        self.cfg.domain_zero_dynamic_max_bytes),
-            initial, host.dom0_total_bytes, host.dom0_dynamic_max_bytes,
+            initial, host.dom0_total_bytes,
         )
         self.service.on_set_log_level = set_level
         self._start_servers()

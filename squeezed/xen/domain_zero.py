@@ -29,11 +29,6 @@ class DomainZero:
             raise XenHostError("domain 0 is missing from the hypervisor's domain list")
         return dom0[0].tot_pages * PAGE_KIB * 1024
 
-    def dynamic_max_bytes(self) -> int | None:
-        """Domain 0's published dynamic-max, if squeezed manages it."""
-        kib = parse_int(self.xs.read(f"{domain_path(0)}/memory/dynamic-max"))
-        return None if kib is None else kib * 1024
-
     def configure(self, dynamic_min_bytes: int, dynamic_max_bytes: int | None) -> None:
         """manage-domain-zero: publish dom0's policy so it balloons like a guest."""
         self.xs.mkdir(domain_path(0))

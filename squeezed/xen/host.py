@@ -533,8 +533,5 @@ class XenHost:
     def dom0_total_bytes(self) -> int:
         return DomainZero(self.xc, self.xs, self._writes).total_bytes()
 
-    def dom0_dynamic_max_bytes(self) -> int | None:
-        return DomainZero(self.xc, self.xs, self._writes).dynamic_max_bytes()
-
     def configure_domain_zero(self, dynamic_min_bytes: int, dynamic_max_bytes: int | None) -> None:
         DomainZero(self.xc, self.xs, self._writes).configure(dynamic_min_bytes, dynamic_max_bytes)
