@@ -102,21 +102,28 @@ def write_if_domains_exist(
     return written
 
 
+def write_if_domain_exists(xs: Transacting, domid: int, key: str, value: str,
+                           max_retries: int = DEFAULT_MAX_RETRIES) -> bool:
+    """One domain's ``key``, in one transaction, only if the domain's directory
+    still exists (a write must not resurrect a destroyed domain's): False if gone."""
+    base = domain_path(domid)
+
+    def txn(t: Transaction) -> bool:
+        if t.read(base) is None:
+            return False
+        t.write(f"{base}/{key}", value)
+        return True
+
+    return bool(xs.transaction(txn, max_retries))
+
+
 def _one_at_a_time(
     xs: Transacting, key: str, values: Mapping[int, str], max_retries: int
 ) -> dict[int, bool]:
     written: dict[int, bool] = {}
     for domid, value in values.items():
-        base = domain_path(domid)
-
-        def txn(t: Transaction, base: str = base, value: str = value) -> bool:
-            if t.read(base) is None:
-                return False
-            t.write(f"{base}/{key}", value)
-            return True
-
         try:
-            written[domid] = bool(xs.transaction(txn, max_retries))
+            written[domid] = write_if_domain_exists(xs, domid, key, value, max_retries)
         except XenstoreError as e:
             e.written = dict(written)
             raise

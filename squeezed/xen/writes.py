@@ -15,10 +15,11 @@ from squeezed.engine.errors import HostFailed
 from squeezed.errors import InternalError
 from squeezed.xen.keycache import KeyCache
 from squeezed.xen.protocols import XenCtrlLike, XenstoreLike
+from squeezed.xen.target_writes import write_if_domain_exists
 from squeezed.xen.values import PAGE_KIB, domain_path, parse_int, xen_overhead_kib
 from squeezed.xen.views import domain_type
 from squeezed.xen.xenctrl import DomainInfo, XenCtrlError
-from squeezed.xen.xenstore import Transaction, XenstoreError
+from squeezed.xen.xenstore import XenstoreError
 
 log = logging.getLogger("squeezed.xen.host")
 
@@ -70,18 +71,10 @@ class DomainWrites:
         """Write only if the domain still exists in xenstore: a write to a
         just-destroyed domain must not resurrect its directory. False if it
         is gone (expected: logged at INFO); any other failure raises."""
-        base = domain_path(domid)
-
-        def txn(t: Transaction) -> bool:
-            if t.read(base) is None:
-                return False
-            t.write(f"{base}/{key}", value)
-            return True
-
         try:
-            done = self.xs.transaction(txn)
+            done = write_if_domain_exists(self.xs, domid, key, value)
         except XenstoreError as e:
-            raise write_failed(f"{base}/{key}", value, e) from e
+            raise write_failed(f"{domain_path(domid)}/{key}", value, e) from e
         if done:
             self.cache.set_key(domid, key, value)
         else:
